@@ -1,0 +1,375 @@
+"""Speed of ppl_vae's ``fit`` against a hand-written PyTorch loop on the same VAE.
+
+The model is the one-stochastic-layer MNIST VAE of Burda et al. (2015):
+784-200-200-50 with tanh units, a Bernoulli likelihood and a diagonal-Normal
+guide, trained with Adam (lr 1e-3) on dynamically binarized MNIST.
+
+Two trainers run in one process, on identical networks and identical batches:
+
+* **ppl_vae**: ``ppl_vae.inference.fit(model, guide, data, estimator="trace")``,
+  i.e. Pyro's ``Trace_ELBO`` on the ``VAE`` model and ``NormalGuide``.
+* **torch**: a plain PyTorch loop over deep copies of the same decoder and
+  encoder (so the initial weights are equal), fed by the same
+  :class:`ppl_vae.data.Batches` (same seed, so the same order and the same
+  per-batch binarization draws). Its loss is the single-sample ELBO that
+  ``Trace_ELBO`` estimates: with ``z = loc + scale * eps``,
+  ``log p(x|z) + log p(z) - log q(z|x)`` evaluated at the sampled ``z``,
+  averaged over the batch; ``loss.item()`` is called every step, as ``fit``
+  converts its loss to a float every step.
+
+Epochs are interleaved: ``fit`` runs all epochs in one call, and a ``fit``
+callback runs one torch epoch after each ``fit`` epoch (outside ``fit``'s own
+epoch timer), so machine noise hits both. ``fit``'s time per epoch is its
+``epoch_time_s`` (on CUDA plus the wait for the device to finish). Warm-up
+steps on throw-away copies of the networks come first and are not counted.
+
+Run from the repository root::
+
+    python benchmarks/bench_fit_vs_torch.py --data-dir /work/shared/data
+    python benchmarks/bench_fit_vs_torch.py --num-train 10000 --epochs 2   # quick
+
+See ``benchmarks/README.md`` for the options.
+
+References
+
+- Burda, Y., Grosse, R. & Salakhutdinov, R. (2015). Importance Weighted Autoencoders. ICLR 2016.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pyro
+import torch
+from torch.nn import functional as F
+
+LATENT_DIM = 50
+HIDDEN_DIMS = (200, 200)
+ACTIVATION = "tanh"
+LR = 1e-3
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _ensure_ppl_vae_importable() -> None:
+    """Let ``python benchmarks/bench_fit_vs_torch.py`` find the package without installing it."""
+    try:
+        import ppl_vae  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def hardware_info(devices: Sequence[str]) -> dict:
+    """CPU model, core counts, torch threads, GPU name and library versions."""
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpu_usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "pyro_validation": _pyro_validation_enabled(),
+        "gpu": None,
+    }
+    if any(d.startswith("cuda") for d in devices):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(next(d for d in devices if d.startswith("cuda"))))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _pyro_validation_enabled() -> Optional[bool]:
+    try:
+        from pyro.infer.util import is_validation_enabled
+
+        return bool(is_validation_enabled())
+    except ImportError:  # pragma: no cover - older or newer Pyro
+        return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- the hand-written loop
+
+
+class TorchVAE:
+    """The hand-written trainer: copies of ppl_vae's encoder and decoder, plain PyTorch, Adam.
+
+    :param encoder: the guide's encoder, ``x -> (loc, raw_scale)`` of size ``2 * latent_dim``.
+    :param decoder: the model's decoder, ``z -> Bernoulli logits``.
+    :param float min_scale: the guide's floor on the scale (``softplus(raw) + min_scale``).
+    """
+
+    def __init__(self, encoder: torch.nn.Module, decoder: torch.nn.Module, latent_dim: int, min_scale: float,
+                 device: torch.device, seed: int) -> None:
+        self.encoder = copy.deepcopy(encoder).to(device)
+        self.decoder = copy.deepcopy(decoder).to(device)
+        self.latent_dim = latent_dim
+        self.min_scale = min_scale
+        params = [*self.encoder.parameters(), *self.decoder.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=LR)
+        # Its own noise stream, so the two trainers do not perturb each other's draws.
+        self.generator = torch.Generator(device=device).manual_seed(seed + 7919)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Negative single-sample ELBO in nats per data point (the Trace_ELBO estimator)."""
+        loc, raw_scale = self.encoder(x).split(self.latent_dim, dim=-1)
+        scale = F.softplus(raw_scale) + self.min_scale
+        eps = torch.randn(loc.shape, generator=self.generator, device=loc.device, dtype=loc.dtype)
+        z = loc + scale * eps
+        logits = self.decoder(z)
+        log_px = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        log_pz = (-0.5 * z.pow(2) - _HALF_LOG_2PI).sum(-1)
+        log_qz = (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - _HALF_LOG_2PI).sum(-1)
+        return -(log_px + log_pz - log_qz).mean()
+
+    def step(self, x: torch.Tensor) -> float:
+        loss = self.loss(x)
+        loss.backward()
+        value = loss.item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return value
+
+    def train_epoch(self, batches, epoch: int, max_steps: Optional[int] = None) -> tuple[float, float]:
+        """One epoch over ``batches.epoch(epoch)``; returns (seconds, mean loss per point)."""
+        self.encoder.train()
+        self.decoder.train()
+        device = batches.x.device
+        _sync(device)
+        t0 = time.perf_counter()
+        loss_sum, points = 0.0, 0
+        for step, xb, _ in batches.epoch(epoch):
+            if max_steps is not None and step >= max_steps:
+                break
+            loss_sum += self.step(xb) * xb.shape[0]
+            points += xb.shape[0]
+        _sync(device)
+        return time.perf_counter() - t0, loss_sum / max(points, 1)
+
+
+# --------------------------------------------------------------------------- one configuration
+
+
+def build_model_and_guide(seed: int):
+    """The Burda et al. (2015) one-layer VAE as ppl_vae objects, seeded."""
+    from ppl_vae.guides.normal import NormalGuide, NormalGuideConfig
+    from ppl_vae.models.vae import VAE, VAEConfig
+
+    torch.manual_seed(seed)
+    model = VAE((784,), VAEConfig(latent_dim=LATENT_DIM, hidden_dims=HIDDEN_DIMS, activation=ACTIVATION,
+                                  likelihood="bernoulli"))
+    guide = NormalGuide((784,), LATENT_DIM, NormalGuideConfig(hidden_dims=HIDDEN_DIMS[::-1], activation=ACTIVATION))
+    return model, guide
+
+
+def warm_up(data, device: torch.device, batch_size: int, steps: int, seed: int) -> None:
+    """Run ``steps`` steps of each trainer on throw-away networks (lazy init, allocator, kernels)."""
+    if steps < 1:
+        return
+    from ppl_vae.data import Batches
+    from ppl_vae.inference.fit import OptimConfig, TrainConfig, fit
+
+    model, guide = build_model_and_guide(seed + 1)
+    n = min(len(data.x_train), steps * batch_size)
+    small = replace(data, x_train=data.x_train[:n], y_train=None, x_val=data.x_val[:0], y_val=None)
+    fit(model, guide, small, estimator="trace", optim=OptimConfig(lr=LR),
+        train=TrainConfig(epochs=1, batch_size=batch_size, seed=seed, device=str(device), progress=False, val_every=0))
+    hand = TorchVAE(guide.encoder, model.decoder, LATENT_DIM, guide.config.min_scale, device, seed)
+    x = data.x_train[:n].to(device)
+    hand.train_epoch(Batches(x, batch_size=batch_size, seed=seed, binarize=True), 0, max_steps=steps)
+
+
+def bench_config(data, device: torch.device, batch_size: int, epochs: int, seed: int, warmup_steps: int) -> dict:
+    """Interleave ``epochs`` ppl_vae epochs with ``epochs`` torch epochs; return times and losses."""
+    from ppl_vae.data import Batches
+    from ppl_vae.inference.fit import Callback, OptimConfig, TrainConfig, fit
+
+    warm_up(data, device, batch_size, warmup_steps, seed)
+
+    model, guide = build_model_and_guide(seed)
+    # Copies taken before fit touches anything: both trainers start from the same weights.
+    hand = TorchVAE(guide.encoder, model.decoder, LATENT_DIM, guide.config.min_scale, device, seed)
+    # The same Batches fit builds (same tensor, batch size, seed, dynamic binarization), so the same batches.
+    x_dev = data.x_train.to(device)
+    batches = Batches(x_dev, None, batch_size=batch_size, seed=seed, binarize=data.binarize == "dynamic")
+    ppl_times: list[float] = []
+    torch_times: list[float] = []
+    torch_losses: list[float] = []
+
+    class Interleave(Callback):
+        """After each fit epoch (whose time fit has already taken), run one torch epoch."""
+
+        def on_epoch_end(self, ctx, metrics) -> None:
+            t0 = time.perf_counter()
+            _sync(device)  # fit's timer does not wait for the device; add what was still queued
+            ppl_times.append(metrics["epoch_time_s"] + time.perf_counter() - t0)
+            seconds, loss = hand.train_epoch(batches, ctx.epoch)
+            torch_times.append(seconds)
+            torch_losses.append(loss)
+            print(
+                f"  [{device.type} B={batch_size}] epoch {ctx.epoch + 1}/{epochs}: "
+                f"ppl_vae {ppl_times[-1]:.3f}s loss {metrics['train_loss']:.3f} | "
+                f"torch {seconds:.3f}s loss {loss:.3f}",
+                flush=True,
+            )
+
+    result = fit(
+        model,
+        guide,
+        data,
+        estimator="trace",
+        optim=OptimConfig(lr=LR),
+        train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=str(device), progress=False,
+                          val_every=0),
+        callbacks=[Interleave()],
+    )
+    steps = len(batches)
+    ppl_med = statistics.median(ppl_times)
+    torch_med = statistics.median(torch_times)
+    return {
+        "device": device.type if device.index is None else str(device),
+        "batch_size": batch_size,
+        "num_train": len(data.x_train),
+        "steps_per_epoch": steps,
+        "epochs": epochs,
+        "ppl_vae_epoch_s": ppl_times,
+        "torch_epoch_s": torch_times,
+        "ppl_vae_median_s": ppl_med,
+        "torch_median_s": torch_med,
+        "ratio": ppl_med / torch_med,
+        "overhead_ms_per_step": 1000 * (ppl_med - torch_med) / steps,
+        "ppl_vae_train_loss": [row["train_loss"] for row in result.history],
+        "torch_train_loss": torch_losses,
+        "ppl_vae_final_loss": result.final_loss,
+        "torch_final_loss": torch_losses[-1],
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    head = (
+        "| device | batch size | steps/epoch | ppl_vae s/epoch | torch s/epoch | ratio | overhead ms/step "
+        "| ppl_vae final loss | torch final loss |"
+    )
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['device']} | {r['batch_size']} | {r['steps_per_epoch']} | {r['ppl_vae_median_s']:.3f} "
+            f"| {r['torch_median_s']:.3f} | {r['ratio']:.2f} | {r['overhead_ms_per_step']:.2f} "
+            f"| {r['ppl_vae_final_loss']:.2f} | {r['torch_final_loss']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Time ppl_vae's fit against a hand-written PyTorch loop on the Burda et al. MNIST VAE.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data-dir", default=os.environ.get("PPL_VAE_DATA"),
+                   help="folder holding MNIST/raw/*.gz (default: $PPL_VAE_DATA)")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[100], help="one or more batch sizes")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs of each trainer (interleaved)")
+    p.add_argument("--num-train", type=int, default=None,
+                   help="keep only this many training points (default: all 60000)")
+    p.add_argument("--warmup-steps", type=int, default=50, help="untimed steps of each trainer before timing")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="cpu: CPU only; cuda: CPU and CUDA; auto: CPU, and CUDA when present")
+    p.add_argument("--no-cpu", action="store_true", help="skip the CPU runs (with --device cuda/auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or any(b < 1 for b in args.batch_size):
+        p.error("--epochs and --batch-size must be positive")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run the benchmark; print the environment and a Markdown table; return the results."""
+    args = parse_args(argv)
+    _ensure_ppl_vae_importable()
+    from ppl_vae.data import DataConfig, load_dataset
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    devices = [] if args.no_cpu else ["cpu"]
+    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda was asked for but CUDA is not available")
+        devices.append("cuda")
+    if not devices:
+        raise SystemExit("nothing to run: --no-cpu and no CUDA device")
+
+    info = hardware_info(devices)
+    print(f"CPU: {info['cpu']} ({info['cpu_usable']} usable of {info['cpu_count']} cores), "
+          f"torch threads: {info['torch_threads']}")
+    if info["gpu"]:
+        print(f"GPU: {info['gpu']} (CUDA {info['cuda']})")
+    print(f"torch {info['torch']}, pyro {info['pyro']} (validation {'on' if info['pyro_validation'] else 'off'}), "
+          f"Python {info['python']}, {info['platform']}")
+
+    # The full MNIST training set (60k; no validation split: nothing is validated here). Loaded as images
+    # and flattened here, because load_dataset's own flattening cannot reshape the empty validation split.
+    data = load_dataset(DataConfig(name="mnist", data_dir=args.data_dir, binarize="dynamic", val_fraction=0.0,
+                                   num_train=args.num_train, flatten=False, seed=args.seed))
+    data = replace(data, **{f"x_{s}": getattr(data, f"x_{s}").reshape(-1, 784) for s in ("train", "val", "test")})
+    print(f"MNIST: {len(data.x_train)} training points, dynamic binarization; "
+          f"784-{'-'.join(map(str, HIDDEN_DIMS))}-{LATENT_DIM} {ACTIVATION}, Adam lr {LR}; "
+          f"{args.epochs} timed epochs each, interleaved, after {args.warmup_steps} warm-up steps", flush=True)
+
+    rows = []
+    for name in devices:
+        for batch_size in args.batch_size:
+            rows.append(bench_config(data, torch.device(name), batch_size, args.epochs, args.seed,
+                                     args.warmup_steps))
+
+    print()
+    print(markdown_table(rows))
+    print()
+    print("Times are medians over the timed epochs; ratio = ppl_vae / torch; losses are the last epoch's "
+          "mean negative ELBO (nats per data point).")
+    results = {"hardware": info, "args": vars(args), "results": rows}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The ``ppl-vae`` command line: fit, evaluate and sample.
+
+Errors caused by input (a bad config, missing data, a corrupted checkpoint,
+...) are printed as one line, ``ppl-vae: error: ...``, with exit status 2; an
+interrupted fit prints how to resume and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+from .errors import FitInterrupted, PplVaeError
+
+EXAMPLES = """\
+examples:
+  ppl-vae fit configs/vae_digits.yaml                      # offline quick start, under a minute
+  ppl-vae fit configs/vae_mnist.yaml --data-dir DATA --set train.epochs=5
+  ppl-vae fit --resume runs/vae_digits-20261122-101500     # continue an interrupted run
+  ppl-vae evaluate runs/vae_digits-20261122-101500 --num-samples 5000
+  ppl-vae sample runs/vae_digits-20261122-101500 -n 64
+"""
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        help="folder holding the datasets (default: $PPL_VAE_DATA, else ~/.cache/ppl_vae)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppl-vae",
+        description="Variational autoencoders as Pyro programs: train, evaluate and sample.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ppl-vae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("fit", help="train a model and guide from a YAML config", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="experiment config (YAML); omit with --resume")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--out-dir", help="parent folder of the run directory (default: run.out_dir, 'runs')")
+    p.add_argument("--name", help="run directory name (default: <config name>-<timestamp>)")
+    _add_data_dir(p)
+    p.add_argument("--no-figures", action="store_true", help="skip the sample and learning-curve PNGs after training")
+
+    p = sub.add_parser("evaluate", help="test ELBO and importance-sampled log p(x) of a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--num-samples", "-k", type=int, help="importance samples K per data point (default: eval.num_samples)")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="which split (default: test)")
+    p.add_argument("--max-points", type=int, help="evaluate only the first N points of the split")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    _add_data_dir(p)
+
+    p = sub.add_parser("sample", help="PNG grids of samples and of test-set reconstructions")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("-n", "--num-samples", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: 0)")
+    p.add_argument("--out", help="samples PNG (default: RUN_DIR/samples.png); reconstructions go beside it")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    _add_data_dir(p)
+    return parser
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .config import config_to_dict, load_config
+    from .experiment import fit_experiment, resume_experiment
+    from .plots import plot_learning_curves, plot_samples
+    from .runs import RunDir
+
+    if args.resume:
+        if args.config:
+            print("ppl-vae: note: --resume uses the run's own config.yaml; the CONFIG argument is ignored", file=sys.stderr)
+        run = RunDir.open(args.resume)
+        print(f"resuming {run.path}")
+        exp, result = resume_experiment(run, args.overrides, data_dir=args.data_dir)
+    else:
+        if not args.config:
+            raise PplVaeError("fit needs a CONFIG.yaml (or --resume RUN_DIR)")
+        config = load_config(args.config, args.overrides)
+        out_dir = args.out_dir or config.run.out_dir
+        name = args.name or config.run.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = RunDir.create(out_dir, name)
+        print(f"run directory: {run.path}")
+        exp, result = fit_experiment(config, run, data_dir=args.data_dir)
+    if not args.no_figures:
+        plot_samples(exp.model, 64, exp.data.image_shape, run.path / "samples.png")
+        metrics = run.read_metrics()
+        if metrics:
+            plot_learning_curves(metrics, run.path / "curves.png")
+    last = result.history[-1] if result.history else (run.read_metrics() or [{}])[-1]
+    line = f"done: {result.epochs_done} epochs on {result.device}"
+    if "train_loss" in last:
+        line += f", train loss {last['train_loss']:.3f} nats/point"
+    if "val_elbo" in last:
+        line += f", val ELBO {last['val_elbo']:.3f}"
+    print(line)
+    print(f"next: ppl-vae evaluate {run.path}   |   ppl-vae sample {run.path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .experiment import load_run
+    from .inference.evaluate import evaluate
+    from .runs import RunDir
+
+    run = RunDir.open(args.run_dir)
+    exp = load_run(run, data_dir=args.data_dir, device=args.device)
+    config = exp.config.eval
+    if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise PplVaeError(f"--num-samples must be a positive int, got {args.num_samples}")
+        config = replace(config, num_samples=args.num_samples)
+    x = getattr(exp.data, f"x_{args.split}")
+    y = getattr(exp.data, f"y_{args.split}")
+    if args.max_points is not None:
+        x = x[: args.max_points]
+        y = y[: args.max_points] if y is not None else None
+    t0 = time.perf_counter()
+    result = evaluate(exp.model, exp.guide, x, y, config, progress=True)
+    out = {"split": args.split, **result.as_dict(), "seconds": round(time.perf_counter() - t0, 2)}
+    print(f"{args.split} set, {result.num_points} points, K={result.num_samples}:")
+    print(f"  ELBO                   {result.elbo:10.3f} +- {result.elbo_stderr:.3f} nats")
+    print(f"  log p(x) (importance)  {result.log_likelihood:10.3f} +- {result.log_likelihood_stderr:.3f} nats")
+    path = run.write_json(run.EVALUATION if args.split == "test" else f"evaluation_{args.split}.json", out)
+    print(f"saved {path}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .experiment import load_run
+    from .plots import plot_reconstructions, plot_samples
+    from .runs import RunDir
+
+    if args.num_samples < 1:
+        raise PplVaeError(f"-n must be a positive int, got {args.num_samples}")
+    run = RunDir.open(args.run_dir)
+    exp = load_run(run, data_dir=args.data_dir, device=args.device)
+    out = Path(args.out) if args.out else run.path / "samples.png"
+    plot_samples(exp.model, args.num_samples, exp.data.image_shape, out, seed=args.seed)
+    recon_path = out.with_name("reconstructions.png" if out.stem == "samples" else f"{out.stem}_reconstructions.png")
+    x = exp.data.x_test[:30] if exp.data.x_test.shape[0] else exp.data.x_train[:30]
+    y = exp.data.y_test[:30] if exp.data.y_test is not None and exp.data.x_test.shape[0] else None
+    plot_reconstructions(exp.model, exp.guide, x, exp.data.image_shape, recon_path, y)
+    print(f"saved {out}")
+    print(f"saved {recon_path}")
+    return 0
+
+
+COMMANDS = {"fit": _cmd_fit, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``ppl-vae``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except FitInterrupted as err:
+        print(f"\nppl-vae: {err}", file=sys.stderr)
+        return 130
+    except PplVaeError as err:
+        print(f"ppl-vae: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

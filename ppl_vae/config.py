@@ -1,0 +1,270 @@
+"""Experiment configs: YAML in, typed frozen dataclasses out.
+
+A config file has one section per component::
+
+    data:      DataConfig        (ppl_vae.data)
+    model:     name + the model's config dataclass (ppl_vae.models.MODELS)
+    guide:     name + the guide's config dataclass (ppl_vae.guides.GUIDES)
+    estimator: EstimatorConfig   (ppl_vae.inference.estimators)
+    optim:     OptimConfig       (ppl_vae.inference.fit)
+    train:     TrainConfig       (ppl_vae.inference.fit)
+    eval:      EvalConfig        (ppl_vae.inference.evaluate)
+    run:       RunConfig         (below)
+
+Every key is checked where it enters: an unknown key, a value of the wrong
+type or an invalid value raises :class:`~ppl_vae.errors.ConfigError` naming
+``section.key``, the expected and the actual value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from .data import DataConfig
+from .errors import ConfigError
+from .guides import GUIDES
+from .inference.estimators import EstimatorConfig
+from .inference.evaluate import EvalConfig
+from .inference.fit import OptimConfig, TrainConfig
+from .models import MODELS
+
+__all__ = [
+    "ComponentConfig",
+    "ExperimentConfig",
+    "RunConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "parse_dataclass",
+]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where runs go (the ``run:`` section)."""
+
+    out_dir: str = "runs"  # parent folder of run directories
+    name: Optional[str] = None  # run directory name; None: <config name>-<timestamp>
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    """A registry entry chosen by ``name`` with that entry's config dataclass."""
+
+    name: str  # registry key
+    config: Any  # the entry's frozen config dataclass
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: what :func:`ppl_vae.experiment.build_experiment` needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ComponentConfig = field(default_factory=lambda: ComponentConfig("vae", MODELS["vae"].config_cls()))
+    guide: ComponentConfig = field(default_factory=lambda: ComponentConfig("normal", GUIDES["normal"].config_cls()))
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+_PLAIN_SECTIONS = {
+    "data": DataConfig,
+    "estimator": EstimatorConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "run": RunConfig,
+}
+_REGISTRY_SECTIONS = {"model": MODELS, "guide": GUIDES}
+SECTIONS = ("data", "model", "guide", "estimator", "optim", "train", "eval", "run")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a type hint, converting lists to tuples and ints to floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if hint is Any:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r} ({type(value).__name__})")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r} ({type(value).__name__})")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be an int, got {value!r} ({type(value).__name__})")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-3" as a string
+                return float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r} ({type(value).__name__})")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return parse_dataclass(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r} ({type(value).__name__})")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r} ({type(value).__name__})")
+        return value
+    return value
+
+
+def _unknown_key(section: str, key: str, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown key {section}.{key}{hint}; valid keys: {', '.join(valid)}")
+
+
+def parse_dataclass(cls: type, mapping: Any, section: str) -> Any:
+    """Build the frozen dataclass ``cls`` from a mapping, checking keys, types and values."""
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"section {section!r} must be a mapping of keys to values, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in mapping.items():
+        if key not in names:
+            raise _unknown_key(section, str(key), names)
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"invalid {section} config: {err}") from None
+
+
+def _parse_component(section: str, raw: Any) -> ComponentConfig:
+    registry = _REGISTRY_SECTIONS[section]
+    raw = dict(raw or {})
+    default_name = "vae" if section == "model" else "normal"
+    name = raw.pop("name", default_name)
+    if name not in registry:
+        raise ConfigError(f"unknown {section}.name {name!r}; expected one of {sorted(registry)}")
+    return ComponentConfig(name, parse_dataclass(registry[name].config_cls, raw, section))
+
+
+def config_from_dict(raw: Any) -> ExperimentConfig:
+    """Parse a config mapping (as read from YAML) into an :class:`ExperimentConfig`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    for key in raw:
+        if key not in SECTIONS:
+            close = difflib.get_close_matches(str(key), SECTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown section {key!r}{hint}; valid sections: {', '.join(SECTIONS)}")
+    kwargs: dict[str, Any] = {}
+    for section, cls in _PLAIN_SECTIONS.items():
+        if section in raw:
+            kwargs[section] = parse_dataclass(cls, raw[section], section)
+    for section in _REGISTRY_SECTIONS:
+        if section in raw:
+            if not isinstance(raw[section], (dict, type(None))):
+                raise ConfigError(f"section {section!r} must be a mapping, got {raw[section]!r}")
+            kwargs[section] = _parse_component(section, raw[section])
+    return ExperimentConfig(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_to_dict(config: ExperimentConfig) -> dict:
+    """The fully resolved config as plain YAML-able values (inverse of :func:`config_from_dict`)."""
+    out: dict[str, Any] = {}
+    for section in SECTIONS:
+        value = getattr(config, section)
+        if isinstance(value, ComponentConfig):
+            out[section] = {"name": value.name, **_plain(dataclasses.asdict(value.config))}
+        else:
+            out[section] = _plain(dataclasses.asdict(value))
+    return out
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        path, text = item.split("=", 1)
+        parts = path.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        section, key = parts
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: cannot parse the value: {err}") from None
+        current = raw.get(section) or {}
+        if not isinstance(current, dict):
+            raise ConfigError(f"section {section!r} must be a mapping, got {current!r}")
+        raw[section] = {**current, key: value}
+    return raw
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML config file; :class:`ConfigError` if it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    return raw or {}
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read, override and parse a YAML config file."""
+    return config_from_dict(apply_overrides(read_yaml(path), overrides))

@@ -1,0 +1,334 @@
+"""Datasets, splits, binarization and device-resident batching.
+
+A dataset is loaded once into float tensors in [0, 1] and moved whole to the
+training device; training batches are taken by index, and dynamic
+binarization is a Bernoulli draw on that device. Nothing is decoded per item.
+
+Where the files live: ``data_dir`` (``--data-dir``), else ``$PPL_VAE_DATA``,
+else ``~/.cache/ppl_vae`` (``$XDG_CACHE_HOME/ppl_vae``). MNIST and
+Fashion-MNIST use torchvision's layout below it (``MNIST/raw/*.gz``) and are
+downloaded only when absent; binarized MNIST reads
+``binarized_mnist/binarized_mnist_{train,valid,test}.amat[.gz]``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+__all__ = [
+    "DATASETS",
+    "BINARIZE_MODES",
+    "DataConfig",
+    "Dataset",
+    "Batches",
+    "check_finite",
+    "default_data_dir",
+    "load_dataset",
+    "resolve_data_dir",
+]
+
+#: dataset names accepted by :func:`load_dataset`
+DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist")
+#: binarization modes: a fresh draw per epoch on the device, one seeded draw, or grey levels
+BINARIZE_MODES = ("dynamic", "static", "none")
+
+_BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data to train on and how to split and binarize it (the ``data:`` section)."""
+
+    name: str = "digits"  # one of DATASETS
+    data_dir: Optional[str] = None  # where the files are; None: $PPL_VAE_DATA, else ~/.cache/ppl_vae
+    binarize: str = "dynamic"  # one of BINARIZE_MODES
+    val_fraction: float = 0.1  # share of the training set held out for validation (binarized_mnist: its own split)
+    test_fraction: float = 0.2  # share held out for testing where a dataset has no test split (digits)
+    num_train: Optional[int] = None  # keep only this many training points (quick experiments); None keeps all
+    flatten: bool = True  # items as vectors (MLPs) rather than (channels, height, width) images
+    seed: int = 0  # seeds the splits and static binarization
+    download: bool = True  # fetch missing MNIST files (never needed for digits)
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise ValueError(f"data.name must be one of {list(DATASETS)}, got {self.name!r}")
+        if self.binarize not in BINARIZE_MODES:
+            raise ValueError(f"data.binarize must be one of {list(BINARIZE_MODES)}, got {self.binarize!r}")
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            if not 0 <= value < 1:
+                raise ValueError(f"data.{key} must be in [0, 1), got {value!r}")
+        if self.num_train is not None and self.num_train < 1:
+            raise ValueError(f"data.num_train must be a positive int or null, got {self.num_train!r}")
+
+
+@dataclass
+class Dataset:
+    """Train, validation and test tensors of one dataset, floats in [0, 1].
+
+    ``x_*`` have shape ``(N, *x_shape)``; ``y_*`` hold integer labels or are None.
+    ``binarize == "dynamic"`` means the training images are grey levels to be
+    binarized afresh in every epoch (the validation and test sets are binarized
+    once, with a fixed seed, so that evaluations are comparable).
+    """
+
+    name: str
+    x_train: torch.Tensor
+    x_val: torch.Tensor
+    x_test: torch.Tensor
+    y_train: Optional[torch.Tensor] = None
+    y_val: Optional[torch.Tensor] = None
+    y_test: Optional[torch.Tensor] = None
+    image_shape: tuple[int, int, int] = (1, 1, 1)  # (channels, height, width), for figures
+    binarize: str = "none"
+    num_classes: Optional[int] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """Shape of one observation."""
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """Return a copy with every tensor on ``device``."""
+        moved = {
+            k: (getattr(self, k).to(device) if getattr(self, k) is not None else None)
+            for k in ("x_train", "x_val", "x_test", "y_train", "y_val", "y_test")
+        }
+        return replace(self, **moved)
+
+    @classmethod
+    def from_tensor(cls, x: torch.Tensor, name: str = "tensor") -> "Dataset":
+        """Wrap one tensor ``(N, *x_shape)`` as a training set with no validation or test data."""
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"data must be a torch.Tensor or a ppl_vae Dataset, got {type(x).__name__}")
+        if x.dim() < 2:
+            raise DataError(f"data must have shape (num_points, *x_shape), got shape {tuple(x.shape)}")
+        check_finite(x, "data")
+        x = x.float()
+        empty = x[:0]
+        return cls(name, x, empty, empty, binarize="none")
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    """Raise :class:`DataError` naming the first rows that hold NaN or inf."""
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1) if x.dim() > 1 else ~torch.isfinite(x)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise DataError(f"{what} contains NaN or inf values (first bad rows: {rows}); clean or impute them first")
+
+
+def default_data_dir() -> Path:
+    """``$PPL_VAE_DATA`` if set, else the per-user cache directory."""
+    env = os.environ.get("PPL_VAE_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "ppl_vae"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The explicit ``data_dir`` if given, else :func:`default_data_dir`."""
+    return Path(data_dir).expanduser() if data_dir else default_data_dir()
+
+
+def _split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
+    """Seeded random split of ``range(n)`` into the given fractions plus the remainder (first)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    sizes = [int(round(f * n)) for f in fractions]
+    rest = n - sum(sizes)
+    out, start = [perm[:rest]], rest
+    for s in sizes:
+        out.append(perm[start : start + s])
+        start += s
+    return out
+
+
+def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32) / 16.0  # (1797, 8, 8), grey levels 0..16
+    return x.unsqueeze(1), torch.tensor(digits.target, dtype=torch.long)
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> dict[str, torch.Tensor]:
+    from torchvision import datasets
+
+    cls, folder = {"mnist": (datasets.MNIST, "MNIST"), "fashion_mnist": (datasets.FashionMNIST, "FashionMNIST")}[name]
+    raw = root / folder / "raw"
+    out = {}
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=download)
+        except Exception as err:  # torchvision raises RuntimeError, URLError, OSError ...
+            how = "the download failed" if download else "download is off (data.download: false)"
+            raise DataError(
+                f"{folder} files were not found in {raw} and {how}: {err}. "
+                f"Put the four files (train-images-idx3-ubyte.gz, ...) in {raw}, or point "
+                "--data-dir / $PPL_VAE_DATA at a folder holding them"
+            ) from None
+        split = "train" if train else "test"
+        out[f"x_{split}"] = ds.data.float().div(255.0).unsqueeze(1)  # (N, 1, 28, 28)
+        out[f"y_{split}"] = ds.targets.long()
+    return out
+
+
+def _read_amat(path: Path) -> torch.Tensor:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            text = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"could not read {path}: {err}") from None
+    # Each value is a single character '0' or '1'; dropping separators gives one byte per pixel.
+    digits = np.frombuffer(text.translate(None, b" \t\r\n"), dtype=np.uint8)
+    if digits.size % 784 or not ((digits == ord("0")) | (digits == ord("1"))).all():
+        raise DataError(f"{path} is not a binarized MNIST .amat file (784 values of 0 or 1 per line)")
+    return torch.from_numpy((digits - ord("0")).astype(np.float32)).reshape(-1, 1, 28, 28)
+
+
+def _load_binarized_mnist(root: Path, download: bool) -> dict[str, torch.Tensor]:
+    folder = root / "binarized_mnist"
+    out = {}
+    for split, key in (("train", "train"), ("valid", "val"), ("test", "test")):
+        stem = f"binarized_mnist_{split}.amat"
+        path = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.exists()), None)
+        if path is None and download:
+            from torchvision.datasets.utils import download_url
+
+            try:
+                download_url(_BINARIZED_MNIST_URL + stem, str(folder), stem)
+                path = folder / stem
+            except Exception as err:
+                raise DataError(
+                    f"{stem}[.gz] was not found in {folder} and the download failed: {err}. "
+                    f"Put the three .amat files there, or point --data-dir / $PPL_VAE_DATA at a folder "
+                    "holding binarized_mnist/"
+                ) from None
+        if path is None:
+            raise DataError(
+                f"{stem}[.gz] was not found in {folder} and download is off (data.download: false)"
+            )
+        out[f"x_{key}"] = _read_amat(path)
+    return out
+
+
+def _bernoulli(x: torch.Tensor, seed: int) -> torch.Tensor:
+    return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
+
+
+def load_dataset(config: DataConfig | None = None, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Load, split and binarize the dataset named in ``config``.
+
+    :param DataConfig config: which dataset and how to treat it. Defaults to the 8x8 digits.
+    :param data_dir: overrides ``config.data_dir``.
+    :returns: a :class:`Dataset` on the CPU; move it with :meth:`Dataset.to`.
+    """
+    config = config or DataConfig()
+    root = resolve_data_dir(data_dir or config.data_dir)
+    seed = config.seed
+    if config.name == "digits":
+        x, y = _load_digits()
+        train, val, test = _split_indices(len(x), (config.val_fraction, config.test_fraction), seed)
+        parts = dict(x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val], x_test=x[test], y_test=y[test])
+        num_classes = 10
+    elif config.name in ("mnist", "fashion_mnist"):
+        parts = _load_torchvision(config.name, root, config.download)
+        train, val = _split_indices(len(parts["x_train"]), (config.val_fraction,), seed)
+        x, y = parts["x_train"], parts["y_train"]
+        parts.update(x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val])
+        num_classes = 10
+    else:  # binarized_mnist: fixed 50k/10k/10k split, already binary
+        parts = _load_binarized_mnist(root, config.download)
+        num_classes = None
+    image_shape = tuple(parts["x_train"].shape[1:])
+    if config.num_train is not None:
+        keep = _split_indices(len(parts["x_train"]), (), seed)[0][: config.num_train]
+        parts["x_train"] = parts["x_train"][keep]
+        if parts.get("y_train") is not None:
+            parts["y_train"] = parts["y_train"][keep]
+    binarize = config.binarize
+    if config.name == "binarized_mnist":
+        binarize = "none"  # already binary; a further draw would change nothing
+    if binarize in ("static", "dynamic"):
+        # Evaluation sets get one fixed draw in either mode, so evaluations are comparable.
+        for i, split in enumerate(("train", "val", "test")):
+            if binarize == "static" or split != "train":
+                parts[f"x_{split}"] = _bernoulli(parts[f"x_{split}"], seed * 1000 + i)
+    if config.flatten:
+        for split in ("train", "val", "test"):
+            parts[f"x_{split}"] = parts[f"x_{split}"].reshape(len(parts[f"x_{split}"]), -1)
+    return Dataset(
+        name=config.name,
+        image_shape=image_shape,  # type: ignore[arg-type]
+        binarize=binarize,
+        num_classes=num_classes,
+        **parts,
+    )
+
+
+class Batches:
+    """Shuffled mini-batches of a device-resident tensor, taken by index.
+
+    The order of epoch ``e`` comes from a generator seeded with ``(seed, e)``,
+    and the same generator draws the dynamic binarization, so a run that
+    resumes at (epoch, step) with the saved generator state sees exactly the
+    batches an uninterrupted run would have seen.
+
+    :param torch.Tensor x: data, ``(N, *x_shape)``, on the training device.
+    :param y: labels ``(N,)`` or None.
+    :param int batch_size: points per batch (the last batch may be smaller).
+    :param int seed: base seed of the per-epoch generators.
+    :param bool binarize: draw ``x ~ Bernoulli(x)`` afresh for every batch.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: Optional[torch.Tensor] = None,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        binarize: bool = False,
+        shuffle: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.seed = seed
+        self.binarize = binarize
+        self.shuffle = shuffle
+        self.generator = torch.Generator(device=x.device)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def epoch(
+        self, epoch: int, start_step: int = 0, generator_state: Optional[torch.Tensor] = None
+    ) -> Iterator[tuple[int, torch.Tensor, Optional[torch.Tensor]]]:
+        """Yield ``(step, x_batch, y_batch)`` for ``epoch``, starting at ``start_step``."""
+        g = self.generator
+        g.manual_seed(self.seed * 1_000_003 + epoch)
+        n = len(self.x)
+        order = torch.randperm(n, generator=g, device=self.x.device) if self.shuffle else None
+        if generator_state is not None:
+            g.set_state(generator_state)
+        for step in range(start_step, len(self)):
+            lo, hi = step * self.batch_size, min(n, (step + 1) * self.batch_size)
+            idx = order[lo:hi] if order is not None else slice(lo, hi)
+            xb = self.x[idx]
+            if self.binarize:
+                xb = torch.bernoulli(xb, generator=g)
+            yield step, xb, (self.y[idx] if self.y is not None else None)

@@ -1,0 +1,119 @@
+"""From a config to trained objects: build the data, model and guide; fit; reload a run.
+
+This is the glue the CLI and scripts share; it holds no training logic of its
+own (that is :func:`ppl_vae.inference.fit`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import pyro
+from pyro.nn import PyroModule
+
+from .config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
+from .data import Dataset, load_dataset
+from .errors import CheckpointError, ConfigError
+from .guides import make_guide
+from .inference.fit import Callback, FitResult, fit, resolve_device
+from .models import make_model
+from .runs import RunDir
+
+__all__ = ["Experiment", "build_experiment", "fit_experiment", "load_run", "resume_experiment"]
+
+
+@dataclass
+class Experiment:
+    """A config with its data, model and guide built."""
+
+    config: ExperimentConfig
+    data: Dataset
+    model: PyroModule
+    guide: PyroModule
+
+
+def build_experiment(config: ExperimentConfig, data_dir: str | os.PathLike | None = None) -> Experiment:
+    """Load the data and build the model and guide, seeded by ``config.train.seed``."""
+    data = load_dataset(config.data, data_dir)
+    pyro.set_rng_seed(config.train.seed)
+    model = make_model(config.model.name, data.x_shape, config.model.config)
+    guide = make_guide(config.guide.name, model, config.guide.config)
+    return Experiment(config, data, model, guide)
+
+
+def fit_experiment(
+    config: ExperimentConfig,
+    run_dir: RunDir | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> tuple[Experiment, FitResult]:
+    """Build and train a config; write its resolved config into ``run_dir`` first."""
+    exp = build_experiment(config, data_dir)
+    if run_dir is not None:
+        run_dir.write_config(config_to_dict(config))
+    result = fit(
+        exp.model,
+        exp.guide,
+        exp.data,
+        estimator=config.estimator,
+        optim=config.optim,
+        train=config.train,
+        run_dir=run_dir,
+        callbacks=callbacks,
+    )
+    return exp, result
+
+
+def resume_experiment(
+    run_dir: RunDir,
+    overrides: Sequence[str] = (),
+    *,
+    data_dir: str | os.PathLike | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> tuple[Experiment, FitResult]:
+    """Continue the run in ``run_dir`` from its checkpoint; only ``train.*`` may be overridden."""
+    for item in overrides:
+        if not item.startswith("train."):
+            raise ConfigError(f"--set {item!r}: a resumed run may change only train.* settings")
+    raw = apply_overrides(run_dir.read_config(), overrides)
+    config = config_from_dict(raw)
+    exp = build_experiment(config, data_dir)
+    run_dir.write_config(config_to_dict(config))
+    result = fit(
+        exp.model,
+        exp.guide,
+        exp.data,
+        estimator=config.estimator,
+        optim=config.optim,
+        train=config.train,
+        run_dir=run_dir,
+        resume=True,
+        callbacks=callbacks,
+    )
+    return exp, result
+
+
+def load_run(
+    run_dir: str | os.PathLike | RunDir,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+) -> Experiment:
+    """Rebuild a run's data, model and guide and load the trained parameters from its checkpoint."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    config = config_from_dict(run.read_config())
+    exp = build_experiment(config, data_dir)
+    target = resolve_device(device)
+    state = run.load_checkpoint(map_location=target)
+    try:
+        exp.model.load_state_dict(state["model"])
+        exp.guide.load_state_dict(state["guide"])
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint in {run.path} does not match its config: {err}") from None
+    exp.model.to(target)
+    exp.guide.to(target)
+    exp.data = exp.data.to(target)
+    return exp

@@ -1,0 +1,226 @@
+"""Observation distributions p(x | decoder output), chosen once, in one place.
+
+Every model that observes data picks its likelihood here by name, so the
+choice between Bernoulli, Normal, ... is never re-implemented inside a model.
+A likelihood is a small ``nn.Module`` (it may own learned parameters such as
+a per-pixel scale) that maps a decoder's flat output to a Pyro distribution
+whose event shape is the data's shape.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .nets import check_choice
+
+__all__ = [
+    "LIKELIHOODS",
+    "Likelihood",
+    "BernoulliLikelihood",
+    "NormalLikelihood",
+    "LearnedNormalLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "Categorical256Likelihood",
+    "make_likelihood",
+]
+
+
+def _inverse_softplus(value: float) -> float:
+    return value + math.log(-math.expm1(-value))
+
+
+class Likelihood(nn.Module):
+    """Base class: ``forward(out)`` returns p(x | out) with event shape ``x_shape``.
+
+    :param tuple x_shape: the shape of one observation (e.g. ``(784,)`` or ``(1, 28, 28)``).
+    """
+
+    #: registry name
+    name: ClassVar[str] = ""
+    #: decoder outputs per observed element (e.g. 256 logits for a categorical pixel)
+    params_per_element: ClassVar[int] = 1
+    #: whether the observations must be exactly 0 or 1
+    requires_binary: ClassVar[bool] = False
+
+    def __init__(self, x_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.x_shape = tuple(int(s) for s in x_shape)
+        self.num_elements = math.prod(self.x_shape)
+
+    @property
+    def num_outputs(self) -> int:
+        """How many numbers the decoder must produce per observation."""
+        return self.params_per_element * self.num_elements
+
+    def _unflatten(self, out: torch.Tensor) -> torch.Tensor:
+        if out.shape[-1] != self.num_outputs:
+            raise ValueError(
+                f"{self.name} likelihood expected decoder outputs of size {self.num_outputs}, "
+                f"got shape {tuple(out.shape)}"
+            )
+        shape = self.x_shape if self.params_per_element == 1 else (*self.x_shape, self.params_per_element)
+        return out.reshape(*out.shape[:-1], *shape)
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        """Map data as stored (floats in [0, 1]) to the distribution's support."""
+        return x
+
+    def check_data(self, x: torch.Tensor, *, what: str = "data", binarized: bool = False) -> None:
+        """Raise ``ValueError`` if ``x`` lies outside the support of this likelihood.
+
+        :param bool binarized: the data will be binarized before it is observed
+            (dynamic binarization), so only its range matters.
+        """
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ValueError(
+                f"{self.name} likelihood expects {what} in [0, 1], got values in "
+                f"[{x.min().item():.4g}, {x.max().item():.4g}]"
+            )
+
+    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class BernoulliLikelihood(Likelihood):
+    """x ~ Bernoulli(logits=out), for binary images.
+
+    :param bool allow_nonbinary: accept grey levels in [0, 1] as "soft" targets.
+        This is an improper likelihood (its normaliser is wrong), so it must be
+        asked for explicitly. Defaults to False.
+    """
+
+    name = "bernoulli"
+    requires_binary = True
+
+    def __init__(self, x_shape: tuple[int, ...], allow_nonbinary: bool = False) -> None:
+        super().__init__(x_shape)
+        self.allow_nonbinary = allow_nonbinary
+
+    def check_data(self, x: torch.Tensor, *, what: str = "data", binarized: bool = False) -> None:
+        super().check_data(x, what=what)
+        if not binarized and not self.allow_nonbinary and x.numel() and not bool(((x == 0) | (x == 1)).all()):
+            raise ValueError(
+                f"bernoulli likelihood needs binary {what} (0 or 1), but it holds grey levels; "
+                "binarize it (data.binarize: dynamic or static), choose another likelihood "
+                "(normal, continuous_bernoulli, categorical256), or set "
+                "model.allow_nonbinary: true to accept an improper Bernoulli likelihood"
+            )
+
+    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
+        logits = self._unflatten(out)
+        # Soft targets fail Bernoulli's support check; the opt-in turns validation off for this site only.
+        if self.allow_nonbinary:
+            # Soft targets fail Bernoulli's support check, so the opt-in turns validation off here only.
+            base = dist.Bernoulli(logits=logits, validate_args=False)
+            return dist.Independent(base, len(self.x_shape), validate_args=False)
+        return dist.Bernoulli(logits=logits).to_event(len(self.x_shape))
+
+
+class NormalLikelihood(Likelihood):
+    """x ~ Normal(out, scale) with a fixed scale.
+
+    :param float scale: the fixed observation noise. Defaults to 0.1.
+    """
+
+    name = "normal"
+
+    def __init__(self, x_shape: tuple[int, ...], scale: float = 0.1) -> None:
+        super().__init__(x_shape)
+        if not scale > 0:
+            raise ValueError(f"normal likelihood scale must be > 0, got {scale!r}")
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def check_data(self, x: torch.Tensor, *, what: str = "data", binarized: bool = False) -> None:
+        pass  # any real value is in the support
+
+    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
+        loc = self._unflatten(out)
+        return dist.Normal(loc, self.scale.to(loc.dtype).expand(loc.shape)).to_event(len(self.x_shape))
+
+
+class LearnedNormalLikelihood(NormalLikelihood):
+    """x ~ Normal(out, scale) with one learned scale per observed element.
+
+    :param float scale: the initial scale. Defaults to 0.1.
+    """
+
+    name = "normal_learned"
+
+    def __init__(self, x_shape: tuple[int, ...], scale: float = 0.1) -> None:
+        super().__init__(x_shape, scale)
+        del self.scale
+        self.raw_scale = nn.Parameter(torch.full(self.x_shape, _inverse_softplus(float(scale))))
+
+    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
+        loc = self._unflatten(out)
+        scale = F.softplus(self.raw_scale) + 1e-4
+        return dist.Normal(loc, scale.expand(loc.shape)).to_event(len(self.x_shape))
+
+
+class ContinuousBernoulliLikelihood(Likelihood):
+    """x ~ ContinuousBernoulli(logits=out), a proper density on [0, 1] (Loaiza-Ganem & Cunningham 2019)."""
+
+    name = "continuous_bernoulli"
+
+    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
+        logits = self._unflatten(out)
+        return dist.ContinuousBernoulli(logits=logits).to_event(len(self.x_shape))
+
+
+class Categorical256Likelihood(Likelihood):
+    """x ~ Categorical(logits=out) over the 256 grey levels of 8-bit images.
+
+    Data stored as floats in [0, 1] is mapped to levels ``round(255 x)``.
+    """
+
+    name = "categorical256"
+    params_per_element = 256
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 255).long()
+
+    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
+        logits = self._unflatten(out)
+        return dist.Categorical(logits=logits).to_event(len(self.x_shape))
+
+
+#: Registry of likelihoods, chosen by name (``model.likelihood`` in configs).
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    cls.name: cls
+    for cls in (
+        BernoulliLikelihood,
+        NormalLikelihood,
+        LearnedNormalLikelihood,
+        ContinuousBernoulliLikelihood,
+        Categorical256Likelihood,
+    )
+}
+
+
+def make_likelihood(
+    name: str,
+    x_shape: tuple[int, ...],
+    *,
+    scale: float = 0.1,
+    allow_nonbinary: bool = False,
+) -> Likelihood:
+    """Build a likelihood from the registry.
+
+    :param str name: a key of :data:`LIKELIHOODS`.
+    :param tuple x_shape: shape of one observation.
+    :param float scale: fixed (``normal``) or initial (``normal_learned``) scale.
+    :param bool allow_nonbinary: let ``bernoulli`` accept grey levels.
+    """
+    check_choice("likelihood", name, LIKELIHOODS)
+    cls = LIKELIHOODS[name]
+    if issubclass(cls, NormalLikelihood):
+        return cls(x_shape, scale=scale)
+    if cls is BernoulliLikelihood:
+        return cls(x_shape, allow_nonbinary=allow_nonbinary)
+    return cls(x_shape)

@@ -1,0 +1,127 @@
+"""Figures: sample grids, reconstructions and learning curves (matplotlib, no display needed).
+
+Nothing here is called from inside the training loop. The functions work on
+any model whose ``forward(x=None, y=None, num_samples=n)`` generates data at a
+site named ``x``, and any guide with the matching signature: they read the
+mean of the ``x`` site's distribution from a Pyro trace.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures go to files; never ask for a display
+import matplotlib.pyplot as plt  # noqa: E402
+import pyro  # noqa: E402
+import torch  # noqa: E402
+from pyro import poutine  # noqa: E402
+
+from .inference.evaluate import eval_mode  # noqa: E402
+
+__all__ = ["save_image_grid", "sample_images", "reconstruct_images", "plot_samples", "plot_reconstructions", "plot_learning_curves"]
+
+
+def _site_mean(trace, name: str = "x") -> torch.Tensor:
+    site = trace.nodes[name]
+    try:
+        return site["fn"].mean
+    except NotImplementedError:
+        return site["value"].float()
+
+
+def _as_images(x: torch.Tensor, image_shape: Sequence[int], scale: float = 1.0) -> torch.Tensor:
+    # (N, *x_shape) -> (N, C, H, W)
+    return (x.detach().float().cpu() / scale).clamp(0, 1).reshape(x.shape[0], *image_shape)
+
+
+def save_image_grid(
+    images: torch.Tensor, path: str | os.PathLike, *, nrow: Optional[int] = None, title: Optional[str] = None
+) -> Path:
+    """Save images ``(N, C, H, W)`` with values in [0, 1] as a PNG grid."""
+    from torchvision.utils import make_grid
+
+    n = images.shape[0]
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    grid = make_grid(images, nrow=nrow, padding=1, pad_value=1.0)  # (C, H', W')
+    array = grid.permute(1, 2, 0).numpy()
+    if array.shape[2] == 1 or images.shape[1] == 1:
+        array = array[..., 0]
+    height, width = array.shape[:2]
+    scale = max(1.0, 6.0 / max(height, width) * 100)
+    fig = plt.figure(figsize=(width * scale / 100, height * scale / 100 + (0.4 if title else 0)), dpi=100)
+    ax = fig.add_axes((0, 0, 1, height * scale / 100 / fig.get_figheight()))
+    ax.imshow(array, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10, y=0.995)
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def sample_images(model, num_samples: int, *, seed: Optional[int] = None) -> torch.Tensor:
+    """Means of p(x|z) for ``num_samples`` draws z from the prior, shape ``(n, *x_shape)``."""
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    with eval_mode(model):
+        trace = poutine.trace(model).get_trace(None, None, num_samples)
+    return _site_mean(trace)
+
+
+def reconstruct_images(model, guide, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Means of p(x|z) with z drawn from q(z|x), shape like ``x``."""
+    with eval_mode(model, guide):
+        guide_trace = poutine.trace(guide).get_trace(x, y)
+        trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
+    return _site_mean(trace)
+
+
+def _pixel_scale(model) -> float:
+    likelihood = getattr(model, "likelihood", None)
+    return 255.0 if getattr(likelihood, "name", "") == "categorical256" else 1.0
+
+
+def plot_samples(model, num_samples: int, image_shape: Sequence[int], path: str | os.PathLike, *, seed: Optional[int] = 0) -> Path:
+    """A PNG grid of samples from the model (the means of p(x|z), z ~ p(z))."""
+    images = _as_images(sample_images(model, num_samples, seed=seed), image_shape, _pixel_scale(model))
+    return save_image_grid(images, path, title=f"{num_samples} samples: mean of p(x|z), z ~ p(z)")
+
+
+def plot_reconstructions(
+    model, guide, x: torch.Tensor, image_shape: Sequence[int], path: str | os.PathLike, y: Optional[torch.Tensor] = None
+) -> Path:
+    """A PNG with test images in odd rows and their reconstructions below them."""
+    recon = reconstruct_images(model, guide, x, y)
+    n = x.shape[0]
+    nrow = min(n, 10)
+    originals = _as_images(x, image_shape)
+    recons = _as_images(recon, image_shape, _pixel_scale(model))
+    rows = []
+    for start in range(0, n, nrow):
+        rows += [originals[start : start + nrow], recons[start : start + nrow]]
+    return save_image_grid(torch.cat(rows), path, nrow=nrow, title="data (odd rows) and reconstructions (even rows)")
+
+
+def plot_learning_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Training loss and validation -ELBO per epoch, in nats per data point."""
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    epochs = [m["epoch"] for m in metrics]
+    ax.plot(epochs, [m["train_loss"] for m in metrics], label="train loss (-ELBO)")
+    val = [(m["epoch"], -m["val_elbo"]) for m in metrics if "val_elbo" in m]
+    if val:
+        ax.plot(*zip(*val), marker="o", markersize=3, label="validation -ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per data point")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
