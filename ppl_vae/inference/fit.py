@@ -334,9 +334,14 @@ def fit(
                     state_in = gen_state if epoch == start_epoch else None
                     for step, xb, yb in batches.epoch(epoch, first, state_in):
                         ctx.step = step
-                        with poutine.scale(scale=1.0 / xb.shape[0]):
-                            loss = elbo.loss_and_grads(model, guide, xb, yb)
-                        loss = float(loss)
+                        try:
+                            with poutine.scale(scale=1.0 / xb.shape[0]):
+                                loss = float(elbo.loss_and_grads(model, guide, xb, yb))
+                        except ValueError:
+                            # Pyro's validation rejects NaN distribution parameters before a loss exists.
+                            if all(bool(torch.isfinite(p).all()) for p in params):
+                                raise
+                            loss = float("nan")
                         if not math.isfinite(loss):
                             where = f"epoch {epoch + 1}, step {step + 1}"
                             kept = f"; the last good checkpoint is kept in {run.path}" if run else ""

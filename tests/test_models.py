@@ -1,0 +1,112 @@
+"""Structural tests for every model, guide and likelihood in the registries."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from ppl_vae.guides import GUIDES, make_guide
+from ppl_vae.likelihoods import LIKELIHOODS, make_likelihood
+from ppl_vae.models import MODELS, make_model
+
+X_SHAPES = [(12,), (1, 4, 3)]
+
+
+def _data(x_shape, n=5):
+    return torch.rand(n, *x_shape).round()  # binary, so every likelihood accepts it
+
+
+def _model_config(name, likelihood):
+    return MODELS[name].config_cls(latent_dim=3, hidden_dims=(7,), likelihood=likelihood)
+
+
+@pytest.mark.parametrize("x_shape", X_SHAPES)
+@pytest.mark.parametrize("likelihood", sorted(LIKELIHOODS))
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_model_trace_shapes(model_name, likelihood, x_shape):
+    model = make_model(model_name, x_shape, _model_config(model_name, likelihood))
+    x = _data(x_shape)
+    trace = poutine.trace(model).get_trace(x)
+    trace.compute_log_prob()
+    assert trace.nodes["z"]["value"].shape == (5, 3)
+    assert trace.nodes["x"]["is_observed"]
+    assert trace.nodes["x"]["fn"].event_shape == x_shape
+    assert trace.nodes["x"]["log_prob"].shape == (5,)
+    assert torch.isfinite(trace.nodes["x"]["log_prob"]).all()
+    assert [f.name for f in trace.nodes["z"]["cond_indep_stack"]] == ["data"]
+    # generation: no data, num_samples points
+    gen = poutine.trace(model).get_trace(None, None, 4)
+    assert not gen.nodes["x"]["is_observed"]
+    assert gen.nodes["x"]["value"].shape[:1] == (4,)
+
+
+@pytest.mark.parametrize("x_shape", X_SHAPES)
+@pytest.mark.parametrize("guide_name", sorted(GUIDES))
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_guide_pairs_with_model(model_name, guide_name, x_shape):
+    model = make_model(model_name, x_shape, _model_config(model_name, "bernoulli"))
+    guide = make_guide(guide_name, model, GUIDES[guide_name].config_cls(hidden_dims=(6,)))
+    x = _data(x_shape)
+    guide_trace = poutine.trace(guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    latent_sites = {n for n, s in model_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != "data"}
+    guide_sites = {n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n != "data"}
+    assert latent_sites == guide_sites == {"z"}
+    assert torch.equal(model_trace.nodes["z"]["value"], guide_trace.nodes["z"]["value"])
+    assert guide_trace.nodes["z"]["fn"].event_shape == model_trace.nodes["z"]["fn"].event_shape
+    assert math.isfinite(pyro.infer.Trace_ELBO().loss(model, guide, x))
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+def test_likelihood_shapes_and_support(name):
+    x_shape = (2, 3)
+    lik = make_likelihood(name, x_shape)
+    out = torch.randn(4, lik.num_outputs)
+    d = lik(out)
+    assert d.event_shape == x_shape and d.batch_shape == (4,)
+    x = torch.rand(4, *x_shape).round()
+    lp = d.log_prob(lik.observe(x))
+    assert lp.shape == (4,) and torch.isfinite(lp).all()
+    with pytest.raises(ValueError, match="decoder outputs of size"):
+        lik(torch.randn(4, lik.num_outputs + 1))
+
+
+def test_bernoulli_is_the_elementwise_sum():
+    lik = make_likelihood("bernoulli", (5,))
+    logits = torch.randn(3, 5)
+    x = torch.rand(3, 5).round()
+    expected = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    assert torch.allclose(lik(logits).log_prob(x), expected, atol=1e-5)
+
+
+def test_normal_likelihood_value():
+    lik = make_likelihood("normal", (2,), scale=0.5)
+    loc = torch.tensor([[0.0, 1.0]])
+    x = torch.tensor([[0.5, 0.0]])
+    expected = sum(-0.5 * ((xi - mi) / 0.5) ** 2 - math.log(0.5) - 0.5 * math.log(2 * math.pi) for xi, mi in [(0.5, 0.0), (0.0, 1.0)])
+    assert lik(loc).log_prob(x).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_bernoulli_refuses_grey_levels_unless_allowed():
+    x = torch.full((2, 3), 0.5)
+    with pytest.raises(ValueError, match="binary"):
+        make_likelihood("bernoulli", (3,)).check_data(x)
+    make_likelihood("bernoulli", (3,), allow_nonbinary=True).check_data(x)
+    # the opt-in also scores soft targets without Pyro's validation error
+    lp = make_likelihood("bernoulli", (3,), allow_nonbinary=True)(torch.zeros(2, 3)).log_prob(x)
+    assert torch.allclose(lp, torch.full((2,), 3 * math.log(0.5)))
+
+
+def test_categorical256_maps_grey_levels_to_integers():
+    lik = make_likelihood("categorical256", (2,))
+    assert lik.observe(torch.tensor([[0.0, 1.0]])).tolist() == [[0, 255]]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_model_config_rejects_bad_latent_dim(bad):
+    with pytest.raises(ValueError, match="latent_dim"):
+        MODELS["vae"].config_cls(latent_dim=bad)
