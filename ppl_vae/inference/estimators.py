@@ -10,11 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import pyro
+import torch
+from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.util import site_is_subsample
 
+from ..errors import ConfigError
 from ..nets import check_choice
 
-__all__ = ["ESTIMATORS", "EstimatorConfig", "make_estimator"]
+__all__ = ["ESTIMATORS", "EstimatorConfig", "check_estimator", "make_estimator"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +67,25 @@ def make_estimator(config: EstimatorConfig | str | ELBO | None = None) -> ELBO:
     elif isinstance(config, str):
         config = EstimatorConfig(name=config)
     return ESTIMATORS[config.name](config)
+
+
+def check_estimator(elbo: ELBO, model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    """Refuse, before training, an estimator that cannot handle the guide's sample sites.
+
+    Traces the guide once on a couple of data points. A discrete site that is
+    neither enumerated nor reparameterizable gets no gradient from the
+    pathwise estimators (``trace``, ``meanfield``): :class:`ConfigError` names it.
+    """
+    if not isinstance(elbo, (Trace_ELBO, TraceMeanField_ELBO)):
+        return
+    with torch.no_grad(), pyro.get_param_store().scope():
+        trace = poutine.trace(guide).get_trace(x, y)
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        if not getattr(site["fn"], "has_rsample", False) and site["infer"].get("enumerate") is None:
+            raise ConfigError(
+                f"estimator {type(elbo).__name__} cannot train the discrete guide site {name!r}: its samples "
+                "carry no pathwise gradient. Use estimator.name: tracegraph (score function with baselines), "
+                "enum (exact enumeration) or a relaxed_categorical latent"
+            )

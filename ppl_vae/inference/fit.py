@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..data import Batches, Dataset, check_finite
 from ..errors import CheckpointError, ConfigError, DataError, FitInterrupted, NonFiniteLossError
 from ..runs import RunDir, capture_rng_state, param_store_state, restore_param_store, restore_rng_state
-from .estimators import EstimatorConfig, make_estimator
+from .estimators import EstimatorConfig, check_estimator, make_estimator
 from .evaluate import EvalConfig, evaluate
 
 __all__ = ["OptimConfig", "TrainConfig", "FitResult", "Callback", "fit", "resolve_device", "check_data"]
@@ -265,13 +265,17 @@ def fit(
     if resume and (run is None or not run.has_checkpoint()):
         raise CheckpointError(f"cannot resume: {run.path if run else 'no run directory given'} has no checkpoint")
 
-    model.to(device)
-    guide.to(device)
+    # Estimators with learned state (e.g. neural baselines) expose it as ``estimator.trainable_module``.
+    estimator_module = getattr(elbo, "trainable_module", None)
+    modules = [m for m in (model, guide, estimator_module) if m is not None]
+    for m in modules:
+        m.to(device)
     data = data.to(device)
+    check_estimator(elbo, model, guide, data.x_train[:2], None if data.y_train is None else data.y_train[:2])
     batches = Batches(
         data.x_train, data.y_train, batch_size=train.batch_size, seed=train.seed, binarize=data.binarize == "dynamic"
     )
-    params = _unique_parameters(model, guide)
+    params = _unique_parameters(*modules)
     optimizer = _make_optimizer(params, optim)
     scheduler = _make_scheduler(optimizer, optim, train.epochs)
     ctx = FitContext(model, guide)
@@ -285,6 +289,8 @@ def fit(
             try:
                 model.load_state_dict(state["model"])
                 guide.load_state_dict(state["guide"])
+                if estimator_module is not None:
+                    estimator_module.load_state_dict(state["estimator"])
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
             except (RuntimeError, KeyError, ValueError) as err:
@@ -309,6 +315,7 @@ def fit(
                     "step": step,
                     "model": model.state_dict(),
                     "guide": guide.state_dict(),
+                    "estimator": estimator_module.state_dict() if estimator_module is not None else {},
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "param_store": param_store_state(module_param_ids),
@@ -322,8 +329,8 @@ def fit(
         total_steps = train.epochs * len(batches)
         done_steps = min(total_steps, start_epoch * len(batches) + start_step)
         bar = tqdm(total=total_steps, initial=done_steps, disable=not train.progress, unit="step", dynamic_ncols=True)
-        model.train()
-        guide.train()
+        for m in modules:
+            m.train()
         epoch = start_epoch
         try:
             with _SigintToStop(ctx):

@@ -1,0 +1,130 @@
+"""Distribution families for latent variables, chosen by name, in one place.
+
+A family turns a vector of unconstrained parameters, as produced by a network
+or held as a learned prior, into a Pyro distribution over one variable of
+size ``dim``:
+
+====================== =============== ============ ===================================
+family                 value           event shape  parameters
+====================== =============== ============ ===================================
+normal                 real vector     (dim,)       loc, softplus -> scale
+laplace                real vector     (dim,)       loc, softplus -> scale
+bernoulli              {0,1} vector    (dim,)       logits
+categorical            index in [0,dim) ()          dim logits
+onehot_categorical     one-hot vector  (dim,)       dim logits
+relaxed_categorical    simplex vector  (dim,)       dim logits (Gumbel-softmax, fixed temperature)
+====================== =============== ============ ===================================
+
+When a variable feeds a network it is encoded as floats of size
+:meth:`Family.input_size` (one-hot for ``categorical``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import pyro.distributions as dist
+import torch
+from torch.nn import functional as F
+
+from .nets import check_choice
+
+__all__ = ["FAMILIES", "Family", "get_family", "inverse_softplus"]
+
+_MIN_SCALE = 1e-4
+
+
+def inverse_softplus(value: float) -> float:
+    """The x with softplus(x) = value."""
+    return value + math.log(-math.expm1(-value))
+
+
+_UNIT_SCALE_RAW = inverse_softplus(1.0 - _MIN_SCALE)  # softplus(raw) + min_scale = 1
+
+
+def _split_loc_scale(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    loc, raw = params.chunk(2, dim=-1)
+    return loc, F.softplus(raw) + _MIN_SCALE
+
+
+@dataclass(frozen=True)
+class Family:
+    """A parametric family of distributions over one variable of size ``dim``."""
+
+    name: str  # registry key
+    discrete: bool  # values are discrete (needs enumeration, REINFORCE or a relaxation)
+    reparameterized: bool  # has rsample, so pathwise gradients apply
+    real_support: bool  # values are unconstrained real vectors (guides may use any real family or a flow)
+    params_per_dim: int  # unconstrained parameters per unit of dim
+    build: Callable[[torch.Tensor, int, float], dist.TorchDistribution]  # (params, dim, temperature) -> distribution
+    default_params: Callable[[int], torch.Tensor]  # unconstrained parameters of the standard prior
+
+    def num_params(self, dim: int) -> int:
+        """How many unconstrained numbers parameterise a variable of size ``dim``."""
+        return self.params_per_dim * dim
+
+    def input_size(self, dim: int) -> int:
+        """Size of the float encoding of a value when it feeds a network."""
+        return dim
+
+    def encode(self, value: torch.Tensor, dim: int) -> torch.Tensor:
+        """Float encoding ``(..., input_size)`` of a value, for use as a network input."""
+        if self.name == "categorical":
+            return F.one_hot(value.long(), dim).to(torch.get_default_dtype())
+        return value
+
+    def dist(self, params: torch.Tensor, dim: int, temperature: float = 0.5) -> dist.TorchDistribution:
+        """The distribution with unconstrained ``params`` of shape ``(..., num_params(dim))``."""
+        if params.shape[-1] != self.num_params(dim):
+            raise ValueError(
+                f"{self.name} family of dim {dim} needs {self.num_params(dim)} parameters, got shape {tuple(params.shape)}"
+            )
+        return self.build(params, dim, temperature)
+
+    def event_shape(self, dim: int) -> tuple[int, ...]:
+        """Event shape of a value."""
+        return () if self.name == "categorical" else (dim,)
+
+
+def _normal(params, dim, temperature):
+    loc, scale = _split_loc_scale(params)
+    return dist.Normal(loc, scale).to_event(1)
+
+
+def _laplace(params, dim, temperature):
+    loc, scale = _split_loc_scale(params)
+    return dist.Laplace(loc, scale).to_event(1)
+
+
+def _loc_scale_default(dim: int) -> torch.Tensor:
+    return torch.cat([torch.zeros(dim), torch.full((dim,), _UNIT_SCALE_RAW)])
+
+
+#: Registry of latent-variable families.
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("normal", False, True, True, 2, _normal, _loc_scale_default),
+        Family("laplace", False, True, True, 2, _laplace, _loc_scale_default),
+        Family("bernoulli", True, False, False, 1, lambda p, d, t: dist.Bernoulli(logits=p).to_event(1), torch.zeros),
+        Family("categorical", True, False, False, 1, lambda p, d, t: dist.Categorical(logits=p), torch.zeros),
+        Family("onehot_categorical", True, False, False, 1, lambda p, d, t: dist.OneHotCategorical(logits=p), torch.zeros),
+        Family(
+            "relaxed_categorical",
+            False,
+            True,
+            False,
+            1,
+            lambda p, d, t: dist.RelaxedOneHotCategorical(torch.tensor(t, dtype=p.dtype, device=p.device), logits=p),
+            torch.zeros,
+        ),
+    )
+}
+
+
+def get_family(name: str) -> Family:
+    """The family ``name``; ``ValueError`` naming the choices otherwise."""
+    check_choice("family", name, FAMILIES)
+    return FAMILIES[name]
