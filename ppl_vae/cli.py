@@ -93,7 +93,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         name = args.name or config.run.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = RunDir.create(out_dir, name)
         print(f"run directory: {run.path}")
-        exp, result = fit_experiment(config, run, data_dir=args.data_dir)
+        try:
+            exp, result = fit_experiment(config, run, data_dir=args.data_dir)
+        except PplVaeError:
+            if not any(run.path.iterdir()):
+                run.path.rmdir()  # the data or model could not be built; leave no empty run behind
+            raise
     if not args.no_figures:
         plot_samples(exp.model, 64, exp.data.image_shape, run.path / "samples.png")
         metrics = run.read_metrics()

@@ -192,8 +192,14 @@ def _read_amat(path: Path) -> torch.Tensor:
     except (OSError, EOFError) as err:
         raise DataError(f"could not read {path}: {err}") from None
     # Each value is a single character '0' or '1'; dropping separators gives one byte per pixel.
-    digits = np.frombuffer(text.translate(None, b" \t\r\n"), dtype=np.uint8)
-    if digits.size % 784 or not ((digits == ord("0")) | (digits == ord("1"))).all():
+    # Lines are checked one by one: a short line beside a long one would otherwise shift every image.
+    lines = text.translate(None, b" \t\r").split()
+    digits = np.frombuffer(b"".join(lines), dtype=np.uint8)
+    if (
+        not lines
+        or any(len(line) != 784 for line in lines)
+        or not ((digits == ord("0")) | (digits == ord("1"))).all()
+    ):
         raise DataError(f"{path} is not a binarized MNIST .amat file (784 values of 0 or 1 per line)")
     return torch.from_numpy((digits - ord("0")).astype(np.float32)).reshape(-1, 1, 28, 28)
 
@@ -268,7 +274,8 @@ def load_dataset(config: DataConfig | None = None, data_dir: str | os.PathLike |
                 parts[f"x_{split}"] = _bernoulli(parts[f"x_{split}"], seed * 1000 + i)
     if config.flatten:
         for split in ("train", "val", "test"):
-            parts[f"x_{split}"] = parts[f"x_{split}"].reshape(len(parts[f"x_{split}"]), -1)
+            # flatten, not reshape(N, -1): an empty split (val_fraction: 0) must keep its width
+            parts[f"x_{split}"] = parts[f"x_{split}"].flatten(1)  # (N, C, H, W) -> (N, C*H*W)
     return Dataset(
         name=config.name,
         image_shape=image_shape,  # type: ignore[arg-type]

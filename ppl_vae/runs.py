@@ -24,6 +24,7 @@ import numpy as np
 import pyro
 import torch
 import yaml
+from torch.distributions import constraints
 
 from .errors import CheckpointError, RunDirError
 
@@ -93,10 +94,9 @@ def param_store_state(exclude: set[int]) -> dict[str, torch.Tensor]:
 
 def restore_param_store(state: dict[str, torch.Tensor], device: torch.device) -> None:
     """Put saved param-store entries back (unconstrained values, real-valued)."""
-    store = pyro.get_param_store()
-    for name, value in state.items():
-        store._params[name] = value.to(device).requires_grad_(value.requires_grad)
-        store._param_to_name[store._params[name]] = name
+    # As Pyro stores its params: leaf tensors that require grad, each with a constraint.
+    params = {name: value.to(device).detach().requires_grad_(True) for name, value in state.items()}
+    pyro.get_param_store().set_state({"params": params, "constraints": {name: constraints.real for name in params}})
 
 
 class RunDir:

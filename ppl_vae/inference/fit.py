@@ -21,6 +21,7 @@ the position in the epoch.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -261,7 +262,7 @@ def fit(
         raise DataError("the training set is empty")
     check_data(model, data)
     device = resolve_device(train.device)
-    run = RunDir(run_dir) if isinstance(run_dir, str) else run_dir
+    run = RunDir(run_dir) if isinstance(run_dir, (str, os.PathLike)) else run_dir
     if resume and (run is None or not run.has_checkpoint()):
         raise CheckpointError(f"cannot resume: {run.path if run else 'no run directory given'} has no checkpoint")
 

@@ -1,0 +1,213 @@
+"""Tests of the ``ppl-vae`` command line, run in-process through ``ppl_vae.cli.main``.
+
+One tiny fit (2 epochs on the 8x8 digits) is shared by the module; tests that
+change a run work on a copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ppl_vae.cli import main
+from ppl_vae.runs import RunDir
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DIGITS = CONFIGS / "vae_digits.yaml"
+TINY = ["--set", "train.epochs=2", "--set", "train.progress=false"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def _metrics_epochs(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[int, Path]:
+    """Exit status and run directory of ``ppl-vae fit configs/vae_digits.yaml`` for 2 epochs."""
+    out = tmp_path_factory.mktemp("cli_runs")
+    code = main(["fit", str(DIGITS), *TINY, "--out-dir", str(out), "--name", "digits"])
+    return code, out / "digits"
+
+
+@pytest.fixture
+def run(fitted, tmp_path) -> Path:
+    """A private copy of the fitted run."""
+    code, path = fitted
+    assert code == 0
+    return Path(shutil.copytree(path, tmp_path / "run"))
+
+
+def _assert_one_line_error(capsys, argv: list[str], *needles: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ppl-vae: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+    return lines[0]
+
+
+# -- fit, evaluate, sample, resume ---------------------------------------------------------
+
+
+def test_fit_writes_the_run_directory(fitted):
+    code, run = fitted
+    assert code == 0
+    assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "samples.png", "curves.png"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert _metrics_epochs(run) == [1, 2]
+    config = RunDir.open(run).read_config()
+    assert config["train"]["epochs"] == 2 and config["train"]["progress"] is False
+    assert config["data"]["name"] == "digits"
+    assert RunDir.open(run).load_checkpoint()["epoch"] == 2
+    assert _is_png(run / "samples.png") and _is_png(run / "curves.png")
+
+
+def test_evaluate_prints_and_saves_both_estimates(run, capsys):
+    assert main(["evaluate", str(run), "--num-samples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "ELBO" in out and "log p(x)" in out and "K=20" in out
+    result = json.loads((run / "evaluation.json").read_text())
+    assert result["split"] == "test" and result["num_samples"] == 20
+    assert result["num_points"] == 359  # 20% of the 1797 digits
+    # log p(x) = logmeanexp_k log w >= mean_k log w = ELBO on the same samples (Jensen), for every
+    # point; the tolerance covers float32 rounding only.
+    assert result["log_likelihood"] >= result["elbo"] - 1e-3
+    assert result["elbo"] < 0
+
+
+def test_evaluate_another_split(run, capsys):
+    assert main(["evaluate", str(run), "-k", "2", "--split", "val", "--max-points", "50"]) == 0
+    result = json.loads((run / "evaluation_val.json").read_text())
+    assert result["split"] == "val" and result["num_points"] == 50 and result["num_samples"] == 2
+    assert not (run / "evaluation.json").exists()
+
+
+def test_sample_writes_samples_and_reconstructions(run, capsys):
+    (run / "samples.png").unlink()
+    assert main(["sample", str(run), "-n", "16"]) == 0
+    assert _is_png(run / "samples.png")
+    assert _is_png(run / "reconstructions.png")
+    out = capsys.readouterr().out
+    assert str(run / "samples.png") in out and str(run / "reconstructions.png") in out
+
+
+def test_resume_continues_to_more_epochs(run, capsys):
+    code = main(["fit", "--resume", str(run), "--set", "train.epochs=3", "--no-figures"])
+    assert code == 0, capsys.readouterr().err
+    assert _metrics_epochs(run) == [1, 2, 3]
+    assert RunDir.open(run).load_checkpoint()["epoch"] == 3
+    assert RunDir.open(run).read_config()["train"]["epochs"] == 3
+    assert "done: 3 epochs" in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "usage: ppl-vae" in capsys.readouterr().out
+
+
+def test_installed_console_script_help():
+    script = Path(sys.executable).with_name("ppl-vae")
+    if not script.exists():
+        found = shutil.which("ppl-vae")
+        if found is None:
+            pytest.skip("the ppl-vae console script is not installed")
+        script = Path(found)
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: ppl-vae")
+    for command in ("fit", "evaluate", "sample"):
+        assert command in proc.stdout
+
+
+# -- errors: exit status 2 and one line on stderr ------------------------------------------
+
+
+def test_missing_config_file(capsys, tmp_path):
+    missing = tmp_path / "nope.yaml"
+    _assert_one_line_error(capsys, ["fit", str(missing), "--out-dir", str(tmp_path)], str(missing), "does not exist")
+
+
+def test_fit_without_a_config(capsys):
+    _assert_one_line_error(capsys, ["fit"], "CONFIG")
+
+
+def test_unknown_config_key(capsys, tmp_path):
+    _assert_one_line_error(
+        capsys,
+        ["fit", str(DIGITS), "--set", "train.epoch=3", "--out-dir", str(tmp_path)],
+        "train.epoch",
+        "did you mean 'epochs'",
+    )
+    assert list(tmp_path.iterdir()) == []  # the config is checked before a run directory is made
+
+
+def test_unknown_key_in_a_config_file(capsys, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  latent_dims: 4\n")
+    _assert_one_line_error(capsys, ["fit", str(config), "--out-dir", str(tmp_path / "runs")], "model.latent_dims")
+
+
+def test_wrong_value_type(capsys, tmp_path):
+    _assert_one_line_error(
+        capsys, ["fit", str(DIGITS), "--set", "train.epochs=many", "--out-dir", str(tmp_path)], "train.epochs", "int"
+    )
+
+
+def test_malformed_set(capsys, tmp_path):
+    _assert_one_line_error(capsys, ["fit", str(DIGITS), "--set", "epochs", "--out-dir", str(tmp_path)], "--set")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample"])
+def test_run_dir_that_does_not_exist(capsys, tmp_path, command):
+    missing = tmp_path / "no-such-run"
+    _assert_one_line_error(capsys, [command, str(missing)], str(missing), "does not exist")
+
+
+def test_resume_of_a_run_dir_that_does_not_exist(capsys, tmp_path):
+    missing = tmp_path / "no-such-run"
+    _assert_one_line_error(capsys, ["fit", "--resume", str(missing)], str(missing), "does not exist")
+
+
+def test_corrupted_checkpoint(run, capsys):
+    (run / "checkpoint.pt").write_bytes(b"this is not a checkpoint" * 10)
+    _assert_one_line_error(capsys, ["evaluate", str(run), "--num-samples", "2"], "checkpoint", "corrupted or truncated")
+
+
+def test_missing_mnist_files(capsys, tmp_path):
+    out = tmp_path / "runs"
+    _assert_one_line_error(
+        capsys,
+        [
+            "fit", str(DIGITS), *TINY,
+            "--set", "data.name=mnist", "--set", "data.download=false",
+            "--data-dir", str(tmp_path), "--out-dir", str(out),
+        ],
+        str(tmp_path / "MNIST" / "raw"),
+        "download is off",
+    )
+    # a fit that never started leaves no empty run directory behind
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_resume_with_a_non_train_override(run, capsys):
+    before = (run / "config.yaml").read_text()
+    _assert_one_line_error(
+        capsys, ["fit", "--resume", str(run), "--set", "model.latent_dim=4"], "model.latent_dim", "train.*"
+    )
+    assert (run / "config.yaml").read_text() == before
+    assert _metrics_epochs(run) == [1, 2]

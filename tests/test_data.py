@@ -1,0 +1,426 @@
+"""Tests of ppl_vae.data: splits, binarization, batching, file readers and data checks."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ppl_vae.data import Batches, DataConfig, Dataset, check_finite, load_dataset, resolve_data_dir
+from ppl_vae.errors import DataError
+from ppl_vae.guides import NormalGuideConfig, make_guide
+from ppl_vae.inference.fit import TrainConfig, fit
+from ppl_vae.models import VAEConfig, make_model
+
+# ../shared/data beside the repository (see DESIGN.md, "Data").
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+NUM_DIGITS = 1797  # images in scikit-learn's load_digits
+
+
+def _is_binary(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def _sorted_rows(x: torch.Tensor, y: torch.Tensor) -> list[tuple]:
+    """Each (image, label) pair as a tuple, sorted: a multiset that ignores the order."""
+    flat = x.reshape(len(x), -1).tolist()
+    return sorted((*row, label) for row, label in zip(flat, y.tolist()))
+
+
+# -- digits: splits, binarization, options ---------------------------------------------------
+
+
+@pytest.mark.parametrize("val_fraction, test_fraction", [(0.1, 0.2), (0.25, 0.0)])
+def test_digits_split_sizes_match_fractions(val_fraction, test_fraction):
+    data = load_dataset(DataConfig(binarize="none", val_fraction=val_fraction, test_fraction=test_fraction))
+    num_val, num_test = round(val_fraction * NUM_DIGITS), round(test_fraction * NUM_DIGITS)
+    assert len(data.x_val) == len(data.y_val) == num_val
+    assert len(data.x_test) == len(data.y_test) == num_test
+    assert len(data.x_train) == len(data.y_train) == NUM_DIGITS - num_val - num_test
+    for split in ("train", "val", "test"):  # an empty split keeps the item shape
+        assert getattr(data, f"x_{split}").shape[1:] == (64,), split
+
+
+def test_digits_splits_are_a_disjoint_partition():
+    from sklearn.datasets import load_digits
+
+    data = load_dataset(DataConfig(binarize="none", flatten=False))
+    x = torch.cat([data.x_train, data.x_val, data.x_test])
+    y = torch.cat([data.y_train, data.y_val, data.y_test])
+    digits = load_digits()
+    original_x = torch.tensor(digits.images, dtype=torch.float32).div(16.0)
+    original_y = torch.tensor(digits.target)
+    # Train + val + test is the original data set, each (image, label) exactly as often as there:
+    # an overlap between splits would repeat one point and leave out another.
+    assert _sorted_rows(x, y) == _sorted_rows(original_x, original_y)
+
+
+def test_digits_split_is_seeded():
+    a = load_dataset(DataConfig(binarize="none", seed=3))
+    b = load_dataset(DataConfig(binarize="none", seed=3))
+    c = load_dataset(DataConfig(binarize="none", seed=4))
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.y_train, c.y_train)
+    assert not torch.equal(a.x_val, c.x_val)
+
+
+def test_static_binarization_is_binary_and_reproducible():
+    a = load_dataset(DataConfig(binarize="static", seed=1))
+    b = load_dataset(DataConfig(binarize="static", seed=1))
+    assert a.binarize == "static"
+    for split in ("train", "val", "test"):
+        x = getattr(a, f"x_{split}")
+        assert _is_binary(x), split
+        assert 0 < x.mean() < 1, split
+        assert torch.equal(x, getattr(b, f"x_{split}")), split
+    grey = load_dataset(DataConfig(binarize="none", seed=1))
+    # The draw follows the grey levels: pixels that are 0 stay 0, pixels that are 1 stay 1.
+    assert bool((a.x_train[grey.x_train == 0] == 0).all())
+    assert bool((a.x_train[grey.x_train == 1] == 1).all())
+
+
+def test_dynamic_binarization_keeps_grey_train_and_binarizes_val_and_test():
+    a = load_dataset(DataConfig(binarize="dynamic"))
+    b = load_dataset(DataConfig(binarize="dynamic"))
+    grey = load_dataset(DataConfig(binarize="none"))
+    assert a.binarize == "dynamic"
+    assert not _is_binary(a.x_train)
+    assert torch.equal(a.x_train, grey.x_train)
+    for split in ("val", "test"):
+        assert _is_binary(getattr(a, f"x_{split}")), split
+        # one fixed draw, so evaluations are comparable across runs
+        assert torch.equal(getattr(a, f"x_{split}"), getattr(b, f"x_{split}")), split
+
+
+def test_binarize_none_keeps_grey_levels_everywhere():
+    data = load_dataset(DataConfig(binarize="none"))
+    assert data.binarize == "none"
+    for split in ("train", "val", "test"):
+        x = getattr(data, f"x_{split}")
+        assert not _is_binary(x) and float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+def test_num_train_limits_the_training_set_only():
+    full = load_dataset(DataConfig(binarize="none"))
+    small = load_dataset(DataConfig(binarize="none", num_train=50))
+    assert len(small.x_train) == len(small.y_train) == 50
+    assert len(small.x_val) == len(full.x_val) and len(small.x_test) == len(full.x_test)
+    # the kept points are training points, with their own labels
+    assert _set_of_rows(small.x_train, small.y_train) <= _set_of_rows(full.x_train, full.y_train)
+    more_than_all = load_dataset(DataConfig(binarize="none", num_train=10 * NUM_DIGITS))
+    assert len(more_than_all.x_train) == len(full.x_train)
+
+
+def _set_of_rows(x: torch.Tensor, y: torch.Tensor) -> set[tuple]:
+    return set(_sorted_rows(x, y))
+
+
+@pytest.mark.parametrize("flatten, shape", [(True, (64,)), (False, (1, 8, 8))])
+def test_flatten(flatten, shape):
+    data = load_dataset(DataConfig(flatten=flatten))
+    assert data.x_shape == shape
+    for split in ("train", "val", "test"):
+        x = getattr(data, f"x_{split}")
+        assert tuple(x.shape) == (len(x), *shape), split
+    assert data.image_shape == (1, 8, 8)
+    assert data.num_classes == 10
+
+
+def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PPL_VAE_DATA", str(tmp_path / "env"))
+    assert resolve_data_dir(None) == tmp_path / "env"
+    assert resolve_data_dir(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+# -- Batches ---------------------------------------------------------------------------------
+
+
+def test_batches_yield_every_index_once_per_epoch():
+    n, batch_size = 23, 5
+    x = torch.arange(n, dtype=torch.float32).unsqueeze(1)  # (n, 1): each row is its own index
+    y = torch.arange(n)
+    batches = Batches(x, y, batch_size=batch_size, seed=0)
+    assert len(batches) == math.ceil(n / batch_size)
+    for epoch in range(3):
+        got = list(batches.epoch(epoch))
+        assert [step for step, _, _ in got] == list(range(len(batches)))
+        assert [len(xb) for _, xb, _ in got] == [5, 5, 5, 5, 3]
+        seen = torch.cat([xb for _, xb, _ in got]).flatten().long()
+        assert sorted(seen.tolist()) == list(range(n))
+        assert torch.equal(torch.cat([yb for _, _, yb in got]), seen)  # labels travel with their points
+
+
+def test_batches_order_depends_on_seed_and_epoch_only():
+    x = torch.arange(50, dtype=torch.float32).unsqueeze(1)
+
+    def order(seed: int, epoch: int) -> list[int]:
+        return torch.cat([xb for _, xb, _ in Batches(x, batch_size=8, seed=seed).epoch(epoch)]).flatten().tolist()
+
+    assert order(0, 1) == order(0, 1)
+    assert order(0, 1) != order(0, 2)
+    assert order(0, 1) != order(1, 1)
+    # and it is shuffled
+    assert order(0, 1) != list(range(50))
+
+
+def test_batches_without_shuffle_keep_the_order():
+    x = torch.arange(10, dtype=torch.float32).unsqueeze(1)
+    got = torch.cat([xb for _, xb, _ in Batches(x, batch_size=4, shuffle=False).epoch(0)]).flatten()
+    assert got.tolist() == list(range(10))
+
+
+def test_batches_reject_a_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        Batches(torch.zeros(4, 2), batch_size=0)
+
+
+def test_batches_resume_mid_epoch_gives_the_same_remaining_batches():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 6, generator=gen)  # grey levels, binarized afresh for every batch
+    y = torch.arange(40)
+    epoch, stop_after = 2, 3  # steps 0, 1, 2 are done when the run is interrupted
+
+    def make() -> Batches:
+        return Batches(x, y, batch_size=7, seed=5, binarize=True)
+
+    uninterrupted = list(make().epoch(epoch))
+
+    first = make()
+    it = first.epoch(epoch)
+    done = [next(it) for _ in range(stop_after)]
+    saved_state = first.generator.get_state()  # what fit stores after step stop_after - 1
+
+    resumed = list(make().epoch(epoch, start_step=stop_after, generator_state=saved_state))
+
+    assert len(resumed) == len(uninterrupted) - stop_after
+    for (s1, x1, y1), (s2, x2, y2) in zip(done + resumed, uninterrupted):
+        assert s1 == s2
+        assert _is_binary(x1)
+        assert torch.equal(x1, x2), f"step {s1}"
+        assert torch.equal(y1, y2), f"step {s1}"
+    # The saved generator state is what makes the draws match: without it they differ.
+    fresh = list(make().epoch(epoch, start_step=stop_after))
+    assert [torch.equal(y1, y2) for (_, _, y1), (_, _, y2) in zip(fresh, resumed)] == [True] * len(resumed)
+    assert not all(torch.equal(x1, x2) for (_, x1, _), (_, x2, _) in zip(fresh, resumed))
+
+
+# -- binarized MNIST .amat files -------------------------------------------------------------
+
+
+def _amat_text(rows: np.ndarray) -> bytes:
+    return "".join(" ".join(str(int(v)) for v in row) + "\n" for row in rows).encode()
+
+
+def _write_amat(folder: Path, split: str, rows: np.ndarray, gz: bool) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"binarized_mnist_{split}.amat{'.gz' if gz else ''}"
+    text = _amat_text(rows)
+    if gz:
+        with gzip.open(path, "wb") as f:
+            f.write(text)
+    else:
+        path.write_bytes(text)
+    return path
+
+
+def _synthetic_amat(tmp_path: Path) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    rows = {split: rng.integers(0, 2, size=(n, 784)) for split, n in (("train", 3), ("valid", 2), ("test", 2))}
+    folder = tmp_path / "binarized_mnist"
+    _write_amat(folder, "train", rows["train"], gz=False)  # plain
+    _write_amat(folder, "valid", rows["valid"], gz=True)
+    _write_amat(folder, "test", rows["test"], gz=True)
+    return rows
+
+
+def test_amat_reader_reads_plain_and_gzipped_files(tmp_path):
+    rows = _synthetic_amat(tmp_path)
+    data = load_dataset(DataConfig(name="binarized_mnist", download=False), data_dir=tmp_path)
+    assert data.binarize == "none"
+    assert data.image_shape == (1, 28, 28)
+    for split, key in (("train", "train"), ("valid", "val"), ("test", "test")):
+        x = getattr(data, f"x_{key}")
+        assert x.dtype == torch.float32
+        assert torch.equal(x, torch.tensor(rows[split], dtype=torch.float32)), split
+    images = load_dataset(DataConfig(name="binarized_mnist", download=False, flatten=False), data_dir=tmp_path)
+    assert tuple(images.x_train.shape) == (3, 1, 28, 28)
+    assert torch.equal(images.x_train[1, 0, 2], torch.tensor(rows["train"][1, 56:84], dtype=torch.float32))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(_amat_text(np.full((2, 784), 2)), id="value-not-0-or-1"),
+        pytest.param(_amat_text(np.zeros((2, 783), dtype=int)), id="short-rows"),
+        pytest.param(_amat_text(np.zeros((1, 783), dtype=int)) + _amat_text(np.zeros((1, 785), dtype=int)), id="ragged-rows"),
+        pytest.param(b"0.5 " * 784 + b"\n", id="grey-levels"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+def test_malformed_amat_file_raises_data_error_naming_it(tmp_path, text):
+    _synthetic_amat(tmp_path)
+    bad = tmp_path / "binarized_mnist" / "binarized_mnist_valid.amat.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(text)
+    with pytest.raises(DataError, match="binarized_mnist_valid.amat.gz") as info:
+        load_dataset(DataConfig(name="binarized_mnist", download=False), data_dir=tmp_path)
+    assert "784" in str(info.value)
+
+
+def test_corrupt_gzip_raises_data_error_naming_the_file(tmp_path):
+    _synthetic_amat(tmp_path)
+    bad = tmp_path / "binarized_mnist" / "binarized_mnist_test.amat.gz"
+    bad.write_bytes(b"this is not gzip data")
+    with pytest.raises(DataError, match="could not read .*binarized_mnist_test.amat.gz"):
+        load_dataset(DataConfig(name="binarized_mnist", download=False), data_dir=tmp_path)
+
+
+# -- missing files ---------------------------------------------------------------------------
+
+
+def test_missing_binarized_mnist_without_download_names_the_folder(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_dataset(DataConfig(name="binarized_mnist", download=False), data_dir=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "binarized_mnist") in message
+    assert "binarized_mnist_train.amat" in message and "download is off" in message
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_missing_mnist_without_download_names_the_folder(tmp_path, name, folder):
+    with pytest.raises(DataError) as info:
+        load_dataset(DataConfig(name=name, download=False), data_dir=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / folder / "raw") in message
+    assert "download is off" in message
+
+
+# -- the real data sets (from ../shared/data) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist() -> Dataset:
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"MNIST is not in {SHARED_DATA}")
+    return load_dataset(DataConfig(name="mnist", download=False), data_dir=SHARED_DATA)
+
+
+def test_mnist_shapes_and_splits(mnist):
+    assert mnist.name == "mnist"
+    assert tuple(mnist.x_train.shape) == (54_000, 784)  # 60k minus a 10% validation split
+    assert tuple(mnist.x_val.shape) == (6_000, 784)
+    assert tuple(mnist.x_test.shape) == (10_000, 784)
+    assert tuple(mnist.y_train.shape) == (54_000,) and tuple(mnist.y_val.shape) == (6_000,)
+    assert tuple(mnist.y_test.shape) == (10_000,)
+    assert mnist.image_shape == (1, 28, 28) and mnist.num_classes == 10
+    assert sorted(mnist.y_train.unique().tolist()) == list(range(10))
+
+
+def test_mnist_dynamic_binarization(mnist):
+    assert mnist.binarize == "dynamic"
+    assert float(mnist.x_train.min()) == 0 and float(mnist.x_train.max()) == 1
+    assert not _is_binary(mnist.x_train)  # grey levels, binarized per batch in training
+    assert _is_binary(mnist.x_val) and _is_binary(mnist.x_test)
+
+
+def test_binarized_mnist_shapes_and_splits():
+    if not (SHARED_DATA / "binarized_mnist").is_dir():
+        pytest.skip(f"binarized MNIST is not in {SHARED_DATA}")
+    data = load_dataset(DataConfig(name="binarized_mnist", download=False), data_dir=SHARED_DATA)
+    assert tuple(data.x_train.shape) == (50_000, 784)
+    assert tuple(data.x_val.shape) == (10_000, 784)
+    assert tuple(data.x_test.shape) == (10_000, 784)
+    assert data.y_train is None and data.num_classes is None
+    assert data.binarize == "none"
+    assert _is_binary(data.x_train) and _is_binary(data.x_test)
+    assert 0.05 < float(data.x_train.mean()) < 0.25  # MNIST is mostly background
+
+
+# -- checks of the data before training ------------------------------------------------------
+
+
+def _tiny_model(x_dim: int = 64, **model_kwargs):
+    model = make_model("vae", (x_dim,), VAEConfig(latent_dim=2, hidden_dims=(8,), **model_kwargs))
+    guide = make_guide("normal", model, NormalGuideConfig(hidden_dims=(8,)))
+    return model, guide
+
+
+_TINY_TRAIN = TrainConfig(epochs=1, batch_size=10, device="cpu", val_every=0, progress=False)
+
+
+def _binary_data(n: int = 20, dim: int = 64) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, dim), 0.5), generator=torch.Generator().manual_seed(0))
+
+
+def test_fit_rejects_nan_naming_the_rows():
+    x = _binary_data()
+    x[3, 5] = float("nan")
+    x[7, 0] = float("inf")
+    model, guide = _tiny_model()
+    with pytest.raises(DataError, match=r"NaN or inf.*\[3, 7\]"):
+        fit(model, guide, x, train=_TINY_TRAIN)
+
+
+def test_fit_names_the_split_that_holds_nan():
+    x = _binary_data()
+    x_val = _binary_data(5)
+    x_val[4, 1] = float("nan")
+    data = Dataset("toy", x, x_val, x[:0])
+    model, guide = _tiny_model()
+    with pytest.raises(DataError, match=r"val data contains NaN.*\[4\]"):
+        fit(model, guide, data, train=_TINY_TRAIN)
+
+
+def test_check_finite_names_rows():
+    x = torch.zeros(6, 2, 2)
+    x[2, 1, 0] = float("nan")
+    x[5, 0, 1] = float("-inf")
+    with pytest.raises(DataError, match=r"my data contains NaN or inf.*\[2, 5\]"):
+        check_finite(x, "my data")
+    check_finite(torch.zeros(3, 4), "clean data")  # no error
+
+
+def test_fit_rejects_items_of_the_wrong_shape():
+    model, guide = _tiny_model(x_dim=64)
+    with pytest.raises(DataError, match=r"shape \(10,\).*expects items of shape \(64,\)"):
+        fit(model, guide, _binary_data(dim=10), train=_TINY_TRAIN)
+
+
+def test_bernoulli_rejects_grey_levels_and_suggests_binarizing():
+    grey = torch.rand(20, 64, generator=torch.Generator().manual_seed(0))
+    model, guide = _tiny_model()
+    with pytest.raises(DataError, match="binarize") as info:
+        fit(model, guide, grey, train=_TINY_TRAIN)
+    assert "allow_nonbinary" in str(info.value)
+
+
+def test_bernoulli_accepts_grey_levels_when_allowed():
+    grey = torch.rand(20, 64, generator=torch.Generator().manual_seed(0))
+    model, guide = _tiny_model(allow_nonbinary=True)
+    result = fit(model, guide, grey, train=_TINY_TRAIN)
+    assert result.epochs_done == 1
+    assert math.isfinite(result.final_loss)
+
+
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (torch.zeros(5), r"shape \(num_points, \*x_shape\), got shape \(5,\)"),
+        (np.zeros((5, 3)), "torch.Tensor.*ndarray"),
+    ],
+)
+def test_from_tensor_rejects_bad_input(bad, expected):
+    with pytest.raises(DataError, match=expected):
+        Dataset.from_tensor(bad)
+
+
+def test_from_tensor_wraps_a_training_set():
+    data = Dataset.from_tensor(torch.ones(4, 2, 3, dtype=torch.float64))
+    assert data.x_shape == (2, 3)
+    assert data.x_train.dtype == torch.float32
+    assert len(data.x_val) == 0 and len(data.x_test) == 0
+    assert data.binarize == "none"
