@@ -36,6 +36,7 @@ from .inference.estimators import EstimatorConfig
 from .inference.evaluate import EvalConfig
 from .inference.fit import OptimConfig, TrainConfig
 from .models import MODELS
+from .spec import default_guide, validate_spec
 
 __all__ = [
     "ComponentConfig",
@@ -167,10 +168,36 @@ def parse_dataclass(cls: type, mapping: Any, section: str) -> Any:
         if key not in names:
             raise _unknown_key(section, str(key), names)
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [k for k in required if k not in kwargs]
+    if missing:
+        raise ConfigError(f"{section} is missing the required key(s) {missing}")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"invalid {section} config: {err}") from None
+        message = str(err)
+        # Component checks (e.g. nets.check_choice) may not know the key they check; name it here.
+        keys = [f"{section}.{key}" for key in _rejected_keys(cls, kwargs)]
+        if keys and not any(key in message for key in keys):
+            message = f"{', '.join(keys)}: {message}"
+        raise ConfigError(f"invalid {section} config: {message}") from None
+
+
+def _rejected_keys(cls: type, kwargs: dict) -> list[str]:
+    """The keys whose value ``cls`` rejects on its own, with defaults for every other field."""
+    rejected = []
+    for key, value in kwargs.items():
+        try:
+            cls(**{key: value})
+        except ValueError:
+            rejected.append(key)
+        except TypeError:
+            pass  # cls needs other fields as well, so this value cannot be judged alone
+    return rejected
 
 
 def _parse_component(section: str, raw: Any) -> ComponentConfig:
@@ -203,6 +230,15 @@ def config_from_dict(raw: Any) -> ExperimentConfig:
             if not isinstance(raw[section], (dict, type(None))):
                 raise ConfigError(f"section {section!r} must be a mapping, got {raw[section]!r}")
             kwargs[section] = _parse_component(section, raw[section])
+    model, guide = kwargs.get("model"), kwargs.get("guide")
+    if model is not None and model.name == "spec":
+        if guide is None:
+            guide = kwargs["guide"] = ComponentConfig("spec", default_guide(model.config))
+        if guide.name != "spec":
+            raise ConfigError(f"a spec model needs a spec guide (guide.name: spec), got guide.name {guide.name!r}")
+        validate_spec(model.config, guide.config)
+    elif guide is not None and guide.name == "spec":
+        raise ConfigError("a spec guide (guide.name: spec) needs a spec model (model.name: spec)")
     return ExperimentConfig(**kwargs)
 
 

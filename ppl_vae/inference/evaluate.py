@@ -155,9 +155,14 @@ def log_weights(
     model_trace.compute_log_prob()
     shape = (num_samples, x.shape[0])
     total = x.new_zeros(shape)
-    for site in model_trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            total = total + _per_datum(site, max_plate_nesting, shape)
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if not site["is_observed"] and name not in guide_trace.nodes:
+            # A latent the guide leaves to the model is drawn from its prior: the proposal's
+            # density equals the prior's, and the two cancel in the weight.
+            continue
+        total = total + _per_datum(site, max_plate_nesting, shape)
     for site in guide_trace.nodes.values():
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
             total = total - _per_datum(site, max_plate_nesting, shape)

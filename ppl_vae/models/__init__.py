@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 from pyro.nn import PyroModule
 
 from ..nets import check_choice
+from ..spec import ModelSpec
+from .spec_model import SpecModel
 from .vae import VAE, VAEConfig
 
 
@@ -20,6 +22,7 @@ class ModelEntry(NamedTuple):
 #: Registry of models (``model.name`` in configs).
 MODELS: dict[str, ModelEntry] = {
     "vae": ModelEntry(VAE, VAEConfig),
+    "spec": ModelEntry(SpecModel, ModelSpec),
 }
 
 
@@ -30,4 +33,4 @@ def make_model(name: str, x_shape: tuple[int, ...], config: Any = None) -> PyroM
     return entry.cls(x_shape, config if config is not None else entry.config_cls())
 
 
-__all__ = ["MODELS", "ModelEntry", "VAE", "VAEConfig", "make_model"]
+__all__ = ["MODELS", "ModelEntry", "SpecModel", "VAE", "VAEConfig", "make_model"]

@@ -1,0 +1,104 @@
+"""The amortized guide compiled from a :class:`~ppl_vae.spec.GuideSpec`."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ..models.spec_model import SpecModel, concat_features
+from ..nets import ConvEncoder, Trunk
+from ..spec import GuideSpec, SpecError, guide_order, validate_spec
+from .heads import make_head
+
+__all__ = ["SpecGuide"]
+
+
+class SpecGuide(PyroModule):
+    r"""An amortized guide compiled from a declarative spec.
+
+    For each data point in the plate ``data``, in an order where conditioning latents come first::
+
+        context_v = trunk_v(encoder_v(x), inputs, latents it conditions on)
+        v ~ q(v | ...) = head_v(context_v)
+
+    A semi-observed latent (``observed_when_given``) is not sampled when the batch carries labels.
+
+    :param SpecModel model: the compiled model this guide pairs with.
+    :param GuideSpec spec: the declaration.
+    """
+
+    def __init__(self, model: SpecModel, spec: GuideSpec) -> None:
+        super().__init__()
+        validate_spec(model.spec, spec)
+        self.spec = spec
+        self.x_shape = model.x_shape
+        self.order = guide_order(model.spec, spec)
+        self.factor_specs = {f.name: f for f in spec.factors}
+        self.latent_specs = dict(model.latent_specs)
+        # Encoding of conditioning values is the model's (one-hot for categories); keep a reference, not a submodule.
+        self._encoding = {"input_size": model.input_size, "encode": model.encode, "label_value": model.label_value}
+        self.has_inputs = bool(model.input_specs)
+        self.image_encoders = nn.ModuleDict()
+        self.trunks = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        for f in spec.factors:
+            in_dim = 0
+            for cond in f.conditions_on:
+                if cond == "x" and f.net.kind == "conv":
+                    try:
+                        self.image_encoders[f.name] = ConvEncoder(
+                            self.x_shape, f.net.channels, f.net.activation, owner=f"guide factor {f.name!r}"
+                        )
+                    except ValueError as err:
+                        raise SpecError(str(err)) from None
+                    in_dim += self.image_encoders[f.name].out_dim
+                elif cond == "x":
+                    in_dim += math.prod(self.x_shape)
+                else:
+                    in_dim += model.input_size(cond)
+            self.trunks[f.name] = Trunk(in_dim, f.net.hidden_dims, f.net.activation)
+            latent = self.latent_specs[f.name]
+            self.heads[f.name] = make_head(f.family, self.trunks[f.name].out_dim, latent.dim, latent.temperature)
+
+    @classmethod
+    def for_model(cls, model: SpecModel, spec: GuideSpec) -> "SpecGuide":
+        """The guide ``spec`` compiled to pair with ``model``."""
+        if not isinstance(model, SpecModel):
+            raise SpecError(f"a spec guide pairs with a spec model, got {type(model).__name__}")
+        return cls(model, spec)
+
+    def _features(self, name: str, cond: str, value: torch.Tensor) -> torch.Tensor:
+        if cond == "x":
+            if name in self.image_encoders:
+                return self.image_encoders[name](value)
+            # (*batch, *x_shape) -> (*batch, prod(x_shape))
+            return value.reshape(*value.shape[: value.dim() - len(self.x_shape)], -1)
+        return self._encoding["encode"](cond, value)
+
+    def latent_dist(self, name: str, values: dict[str, torch.Tensor]) -> dist.TorchDistribution:
+        """q(v | conditions) for latent ``name`` given ``values`` of x, inputs and earlier latents."""
+        f = self.factor_specs[name]
+        features = concat_features([self._features(name, c, values[c]) for c in f.conditions_on])
+        return self.heads[name](self.trunks[name](features))
+
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, num_samples: Optional[int] = None):
+        values: dict[str, torch.Tensor] = {"x": x}
+        if self.has_inputs:
+            if y is None:
+                raise ValueError("this guide conditions on an input y; pass the labels y")
+            values["y"] = y
+        with pyro.plate("data", x.shape[0]):
+            for name in self.order:
+                latent = self.latent_specs[name]
+                if latent.observed_when_given and y is not None:
+                    values[name] = self._encoding["label_value"](latent, y)
+                    continue
+                infer = {"enumerate": "parallel"} if self.factor_specs[name].enumerate else {}
+                values[name] = pyro.sample(name, self.latent_dist(name, values), infer=infer)
+        return values
