@@ -20,6 +20,7 @@ from .errors import FitInterrupted, PplVaeError
 EXAMPLES = """\
 examples:
   ppl-vae fit configs/vae_digits.yaml                      # offline quick start, under a minute
+  ppl-vae show configs/specs/m2.yaml                       # sites, shapes and dependencies of a spec
   ppl-vae fit configs/vae_mnist.yaml --data-dir DATA --set train.epochs=5
   ppl-vae fit --resume runs/vae_digits-20261122-101500     # continue an interrupted run
   ppl-vae evaluate runs/vae_digits-20261122-101500 --num-samples 5000
@@ -54,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run directory name (default: <config name>-<timestamp>)")
     _add_data_dir(p)
     p.add_argument("--no-figures", action="store_true", help="skip the sample and learning-curve PNGs after training")
+
+    p = sub.add_parser("show", help="print a config's compiled model and guide: sites, shapes, dependencies")
+    p.add_argument("config", help="experiment config (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("--graph", default="model.png", help="where to draw the model graph when graphviz is installed (default: model.png)")
+    _add_data_dir(p)
 
     p = sub.add_parser("evaluate", help="test ELBO and importance-sampled log p(x) of a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -157,15 +165,36 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run.path / "samples.png"
     plot_samples(exp.model, args.num_samples, exp.data.image_shape, out, seed=args.seed)
     recon_path = out.with_name("reconstructions.png" if out.stem == "samples" else f"{out.stem}_reconstructions.png")
-    x = exp.data.x_test[:30] if exp.data.x_test.shape[0] else exp.data.x_train[:30]
-    y = exp.data.y_test[:30] if exp.data.y_test is not None and exp.data.x_test.shape[0] else None
+    x, y = exp.data.head(30)
     plot_reconstructions(exp.model, exp.guide, x, exp.data.image_shape, recon_path, y)
     print(f"saved {out}")
     print(f"saved {recon_path}")
     return 0
 
 
-COMMANDS = {"fit": _cmd_fit, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .experiment import build_experiment
+    from .show import describe, render_graph
+
+    config = load_config(args.config, args.overrides)
+    exp = build_experiment(config, args.data_dir)
+    x, y = exp.data.head(4)
+    print(f"{args.config}: model {config.model.name!r}, guide {config.guide.name!r}, data {config.data.name!r} "
+          f"(items of shape {tuple(exp.data.x_shape)}), estimator {config.estimator.name!r}")
+    n_model = sum(p.numel() for p in exp.model.parameters())
+    n_guide = sum(p.numel() for p in exp.guide.parameters())
+    print(f"parameters: model {n_model:,}, guide {n_guide:,}\n")
+    print(describe(exp.model, exp.guide, x, y))
+    graph = render_graph(exp.model, x, y, args.graph)
+    if graph is None:
+        print("\n(graphviz is not installed, so no graph picture was drawn; the tables above show the structure)")
+    else:
+        print(f"\nsaved the model graph to {graph}")
+    return 0
+
+
+COMMANDS = {"fit": _cmd_fit, "show": _cmd_show, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -107,6 +107,15 @@ class Dataset:
         }
         return replace(self, **moved)
 
+    def head(self, n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The first ``n`` points as the model sees them: test data, else binarized training data."""
+        if self.x_test.shape[0]:
+            return self.x_test[:n], None if self.y_test is None else self.y_test[:n]
+        x = self.x_train[:n]
+        if self.binarize == "dynamic":
+            x = _bernoulli(x, 0)
+        return x, None if self.y_train is None else self.y_train[:n]
+
     @classmethod
     def from_tensor(cls, x: torch.Tensor, name: str = "tensor") -> "Dataset":
         """Wrap one tensor ``(N, *x_shape)`` as a training set with no validation or test data."""

@@ -306,7 +306,11 @@ def compile_spec(model: ModelSpec, guide: GuideSpec, x_shape: tuple[int, ...]):
 
 
 def default_guide(model: ModelSpec, net: Optional[NetSpec] = None, family: str = "normal") -> GuideSpec:
-    """A guide that conditions every latent on x and on its model parents' guide values (mean field in x)."""
+    """A guide that conditions every latent on x alone: q(v|x) for each latent v, of ``family`` where real.
+
+    Used when a config declares a spec model without a guide section.
+    """
+    validate_model_spec(model)
     net = net or NetSpec()
     factors = []
     for v in model.latents:

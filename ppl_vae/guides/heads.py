@@ -93,3 +93,9 @@ def make_head(text: str, context_dim: int, dim: int, temperature: float = 0.5) -
     """Build the head named ``text`` (e.g. ``"normal"``, ``"iaf:4"``)."""
     name, arg = parse_head_name(text)
     return HEADS[name].build(context_dim, dim, arg, temperature)
+
+
+# Heads defined in their own modules register themselves in HEADS when imported ("fullcov", and the
+# flows "iaf", "planar", "radial", "spline"); importing them here completes the registry whichever
+# module is imported first.
+from . import flows, fullcov  # noqa: E402,F401
