@@ -8,7 +8,7 @@ interrupted fit prints how to resume and exits with status 130.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -212,6 +212,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PplVaeError as err:
         print(f"ppl-vae: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,3 +43,33 @@ def test_shipped_configs_parse():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         yaml.safe_load(path.read_text())
         load_config(path)
+
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+def test_docs_configs_exist_and_parse():
+    for doc in DOCS:
+        for path in sorted(set(re.findall(r"configs/[\w/.]+\.yaml", doc.read_text()))):
+            assert (ROOT / path).is_file(), f"{doc.name} names {path}, which does not exist"
+            load_config(ROOT / path)
+
+
+def test_docs_python_snippets_run():
+    for doc in DOCS:
+        for snippet in re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S):
+            exec(compile(snippet, str(doc), "exec"), {})
+
+
+def test_define_your_own_model_walkthrough(tmp_path, monkeypatch, capsys):
+    # The page's commands, in order, with a short training run.
+    from ppl_vae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = str(ROOT / "configs" / "custom_model.yaml")
+    assert main(["show", config]) == 0
+    assert main(["fit", config, "--name", "custom_model", "--set", "train.epochs=2", "--set", "train.progress=false"]) == 0
+    assert main(["evaluate", "runs/custom_model", "--num-samples", "20"]) == 0
+    assert main(["sample", "runs/custom_model", "-n", "16"]) == 0
+    assert (tmp_path / "runs" / "custom_model" / "evaluation.json").is_file()
+    assert "log p(x) (importance)" in capsys.readouterr().out
