@@ -143,8 +143,9 @@ class PoisonAt(Callback):
                 ctx.model.decoder[0].weight[0, 0] = float("nan")
 
 
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):
-    config = _digits_config(tmp_path, epochs=4)
+@pytest.mark.parametrize("validate_steps", [0, -1], ids=["pyro-validation-off", "pyro-validation-on"])
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path, validate_steps):
+    config = _digits_config(tmp_path, epochs=4, validate_steps=validate_steps)
     run = RunDir.create(tmp_path, "run")
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 3.*last good checkpoint"):
         fit_experiment(config, run, callbacks=[PoisonAt(1, 1)])

@@ -25,6 +25,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -87,12 +88,15 @@ class TrainConfig:
     val_num_samples: int = 1  # importance samples per point in validation (1: the ELBO only)
     checkpoint_every: int = 1  # write a checkpoint every N epochs (always at the end and on interrupt)
     progress: bool = True  # show a progress bar
+    validate_steps: int = 20  # keep Pyro's argument validation for the first N steps of a fit call, then skip it; -1 always
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "val_num_samples", "checkpoint_every"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"train.{key} must be a positive int, got {value!r}")
+        if not isinstance(self.validate_steps, int) or self.validate_steps < -1:
+            raise ValueError(f"train.validate_steps must be an int >= -1, got {self.validate_steps!r}")
         if not isinstance(self.val_every, int) or self.val_every < 0:
             raise ValueError(f"train.val_every must be an int >= 0, got {self.val_every!r}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -333,6 +337,7 @@ def fit(
         for m in modules:
             m.train()
         epoch = start_epoch
+        steps_run = 0
         try:
             with _SigintToStop(ctx):
                 for epoch in range(start_epoch, train.epochs):
@@ -342,8 +347,14 @@ def fit(
                     state_in = gen_state if epoch == start_epoch else None
                     for step, xb, yb in batches.epoch(epoch, first, state_in):
                         ctx.step = step
+                        # The data were checked up front and non-finite losses are caught below, so after the
+                        # first steps Pyro's per-sample argument checks only cost time (about 20% of a step).
+                        validating = train.validate_steps < 0 or steps_run < train.validate_steps
+                        steps_run += 1
                         try:
-                            with poutine.scale(scale=1.0 / xb.shape[0]):
+                            with poutine.scale(scale=1.0 / xb.shape[0]), (
+                                nullcontext() if validating else pyro.validation_enabled(False)
+                            ):
                                 loss = float(elbo.loss_and_grads(model, guide, xb, yb))
                         except ValueError:
                             # Pyro's validation rejects NaN distribution parameters before a loss exists.
