@@ -25,6 +25,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -354,7 +355,9 @@ def fit(
                         try:
                             with poutine.scale(scale=1.0 / xb.shape[0]), (
                                 nullcontext() if validating else pyro.validation_enabled(False)
-                            ):
+                            ), warnings.catch_warnings():
+                                # A NaN loss gets a clear error below; Pyro's own warning would only repeat it.
+                                warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
                                 loss = float(elbo.loss_and_grads(model, guide, xb, yb))
                         except ValueError:
                             # Pyro's validation rejects NaN distribution parameters before a loss exists.
