@@ -91,7 +91,7 @@ def test_wrong_type_names_the_key(raw, where, what):
         ({"model": {"likelihood": "gauss"}}, "model.likelihood", "'gauss'"),
         ({"model": {"hidden_dims": [64, -1]}}, "model.hidden_dims", "-1"),
         ({"guide": {"activation": "relux"}}, "guide.activation", "'relux'"),
-        ({"estimator": {"name": "iwae"}}, "estimator.name", "'iwae'"),
+        ({"estimator": {"name": "iwea"}}, "estimator.name", "'iwea'"),
         ({"eval": {"num_samples": 0}}, "eval.num_samples", "0"),
         ({"model": {"name": "pixelcnn"}}, "model.name", "'pixelcnn'"),
         ({"guide": {"name": "flow"}}, "guide.name", "'flow'"),

@@ -35,6 +35,7 @@ from typing import Callable, Optional
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
@@ -111,8 +112,10 @@ def _max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor, y: Opt
     return depth
 
 
-def _per_datum(site: dict, nesting: int, shape: tuple[int, int]) -> torch.Tensor:
-    """Reduce a site's batch-shaped log-prob to ``(num_samples, num_points)``."""
+def _per_datum(
+    site: dict, nesting: int, shape: tuple[int, int], log_prob: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Reduce a site's batch-shaped log-prob (or ``log_prob``, of the same shape) to ``(num_samples, num_points)``."""
     data_dims = [f.dim for f in site["cond_indep_stack"] if f.name == "data"]
     if not data_dims:
         raise ValueError(
@@ -120,7 +123,7 @@ def _per_datum(site: dict, nesting: int, shape: tuple[int, int]) -> torch.Tensor
             "latent variable to be local to a data point"
         )
     data_dim = data_dims[0]
-    lp = site["log_prob"]
+    lp = site["log_prob"] if log_prob is None else log_prob
     # left-pad to (particles, *plates)
     lp = lp.reshape((1,) * (nesting + 1 - lp.dim()) + tuple(lp.shape))
     other = [d for d in range(-nesting, 0) if d != data_dim]
@@ -128,6 +131,46 @@ def _per_datum(site: dict, nesting: int, shape: tuple[int, int]) -> torch.Tensor
         lp = lp.sum(other, keepdim=True)
     # (K or 1, 1, ..., N or 1, 1, ...) -> (K, N)
     return lp.reshape(lp.shape[0], -1).expand(shape)
+
+
+def sample_traces(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: Optional[torch.Tensor],
+    num_samples: int,
+    max_plate_nesting: int,
+) -> tuple[Trace, Trace]:
+    """Run the guide ``num_samples`` times in one vectorized pass, and the model against it.
+
+    The particles get a plate left of the model's plates, so every site has batch
+    shape ``(num_samples, *plates)``. Log-densities are not computed yet.
+
+    :returns: ``(model_trace, guide_trace)``.
+    """
+    with pyro.plate("particles", num_samples, dim=-(max_plate_nesting + 1)):
+        guide_trace = poutine.trace(guide).get_trace(x, y)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
+    return model_trace, guide_trace
+
+
+def weight_sites(model_trace: Trace, guide_trace: Trace) -> tuple[list[dict], list[dict]]:
+    """The model sites and the guide sites whose log-densities make up the log importance weight."""
+    model_sites = []
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if not site["is_observed"] and name not in guide_trace.nodes:
+            # A latent the guide leaves to the model is drawn from its prior: the proposal's
+            # density equals the prior's, and the two cancel in the weight.
+            continue
+        model_sites.append(site)
+    guide_sites = [
+        site
+        for site in guide_trace.nodes.values()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
+    return model_sites, guide_sites
 
 
 def log_weights(
@@ -148,24 +191,16 @@ def log_weights(
     """
     if max_plate_nesting is None:
         max_plate_nesting = _max_plate_nesting(model, guide, x, y)
-    with pyro.plate("particles", num_samples, dim=-(max_plate_nesting + 1)):
-        guide_trace = poutine.trace(guide).get_trace(x, y)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
+    model_trace, guide_trace = sample_traces(model, guide, x, y, num_samples, max_plate_nesting)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
     shape = (num_samples, x.shape[0])
     total = x.new_zeros(shape)
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if not site["is_observed"] and name not in guide_trace.nodes:
-            # A latent the guide leaves to the model is drawn from its prior: the proposal's
-            # density equals the prior's, and the two cancel in the weight.
-            continue
+    model_sites, guide_sites = weight_sites(model_trace, guide_trace)
+    for site in model_sites:
         total = total + _per_datum(site, max_plate_nesting, shape)
-    for site in guide_trace.nodes.values():
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-            total = total - _per_datum(site, max_plate_nesting, shape)
+    for site in guide_sites:
+        total = total - _per_datum(site, max_plate_nesting, shape)
     return total
 
 
