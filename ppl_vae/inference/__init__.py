@@ -1,13 +1,17 @@
-"""Estimators, the training loop, and evaluation."""
+"""Estimators, the training loop, evaluation and diagnostics."""
 
-from .estimators import ESTIMATORS, EstimatorConfig, make_estimator
+from .estimators import ESTIMATORS, EstimatorConfig, check_estimator, make_estimator, parse_estimator
 from .evaluate import EvalConfig, EvalResult, evaluate, importance_log_likelihood, log_weights
 from .fit import Callback, FitContext, FitResult, OptimConfig, TrainConfig, check_data, fit, resolve_device
+from .gradients import GradientStats, gradient_stats
+from .iwae import IWAE_ELBO
 
 __all__ = [
     "ESTIMATORS",
     "EstimatorConfig",
+    "check_estimator",
     "make_estimator",
+    "parse_estimator",
     "EvalConfig",
     "EvalResult",
     "evaluate",
@@ -21,4 +25,7 @@ __all__ = [
     "check_data",
     "fit",
     "resolve_device",
+    "GradientStats",
+    "gradient_stats",
+    "IWAE_ELBO",
 ]
