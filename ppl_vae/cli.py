@@ -63,6 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", default="model.png", help="where to draw the model graph when graphviz is installed (default: model.png)")
     _add_data_dir(p)
 
+    for kind, flag, example in (
+        ("estimators", "--estimators", "trace,tracegraph:avg,tracegraph:nn,enum,iwae:5"),
+        ("guides", "--guides", "normal,fullcov,iaf:4,planar:8"),
+    ):
+        p = sub.add_parser(f"compare-{kind}", help=f"train one config with several {kind} side by side")
+        p.add_argument("config", help="experiment config (YAML)")
+        p.add_argument(flag, dest="variants", required=True, help=f"comma-separated list, e.g. {example}")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value for every variant (repeatable)")
+        p.add_argument("--out", help="output folder (default: runs/compare-<kind>-<config>-<timestamp>); "
+                       "rerun with the same folder to continue an interrupted comparison")
+        p.add_argument("--num-samples", "-k", type=int, default=1000, help="importance samples K for log p(x) (default: 1000)")
+        p.add_argument("--eval-points", type=int, default=1000, help="test points to evaluate (default: 1000; 0 = all)")
+        if kind == "estimators":
+            p.add_argument("--grad-draws", type=int, default=50, help="gradient draws per variance measurement (default: 50)")
+        _add_data_dir(p)
+
     p = sub.add_parser("evaluate", help="test ELBO and importance-sampled log p(x) of a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--num-samples", "-k", type=int, help="importance samples K per data point (default: eval.num_samples)")
@@ -82,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .config import config_to_dict, load_config
+    from .config import load_config
     from .experiment import fit_experiment, resume_experiment
     from .plots import plot_learning_curves, plot_samples
     from .runs import RunDir
@@ -194,7 +211,33 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": _cmd_fit, "show": _cmd_show, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .inference.compare import CompareConfig, compare_estimators, compare_guides
+
+    kind = args.command.split("-", 1)[1]
+    config = load_config(args.config, args.overrides)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants:
+        raise PplVaeError(f"compare-{kind} needs at least one {kind[:-1]}")
+    out = args.out or Path(config.run.out_dir) / f"compare-{kind}-{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        compare = CompareConfig(
+            num_eval_points=args.eval_points or None,
+            num_samples=args.num_samples,
+            grad_draws=getattr(args, "grad_draws", 50),
+        )
+    except ValueError as err:
+        raise PplVaeError(str(err)) from None
+    run = compare_estimators if kind == "estimators" else compare_guides
+    rows, paths = run(config, variants, out, compare, data_dir=args.data_dir)
+    print()
+    print(paths["md"].read_text())
+    print(f"saved {paths['md']}, {paths['csv']}, {paths['png']}")
+    return 0
+
+
+COMMANDS = {"fit": _cmd_fit, "compare-estimators": _cmd_compare, "compare-guides": _cmd_compare, "show": _cmd_show, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -23,7 +23,15 @@ from pyro import poutine  # noqa: E402
 
 from .inference.evaluate import eval_mode  # noqa: E402
 
-__all__ = ["save_image_grid", "sample_images", "reconstruct_images", "plot_samples", "plot_reconstructions", "plot_learning_curves"]
+__all__ = [
+    "save_image_grid",
+    "sample_images",
+    "reconstruct_images",
+    "plot_samples",
+    "plot_reconstructions",
+    "plot_learning_curves",
+    "plot_comparison",
+]
 
 
 def _site_mean(trace, name: str = "x") -> torch.Tensor:
@@ -120,6 +128,42 @@ def plot_learning_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Pa
     ax.set_ylabel("nats per data point")
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(
+    histories: dict[str, Sequence[dict]],
+    rows: Sequence[dict],
+    bar_key: str,
+    bar_label: str,
+    title: str,
+    path: str | os.PathLike,
+) -> Path:
+    """Learning curves of every variant (left) and one summary metric per variant as bars (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    for label, history in histories.items():
+        if history:
+            left.plot([m["epoch"] for m in history], [m["train_loss"] for m in history], label=label)
+    left.set_xlabel("epoch")
+    left.set_ylabel("train loss (-bound), nats per point")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    labels = [r["variant"] for r in rows if isinstance(r.get(bar_key), (int, float))]
+    values = [r[bar_key] for r in rows if isinstance(r.get(bar_key), (int, float))]
+    right.bar(range(len(values)), values, color="tab:blue")
+    right.set_xticks(range(len(values)), labels, rotation=30, ha="right", fontsize=8)
+    right.set_ylabel(bar_label)
+    if values and "var" in bar_key and min(values) > 0:
+        right.set_yscale("log")
+    if values and "log_px" in bar_key:
+        span = max(values) - min(values)
+        right.set_ylim(min(values) - max(span, 0.5), max(values) + 0.2 * max(span, 0.5))
+    right.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -131,6 +131,7 @@ class FitContext:
 
     model: torch.nn.Module
     guide: torch.nn.Module
+    estimator: Optional[ELBO] = None  # the ELBO object being trained with
     epoch: int = 0  # the epoch in progress, counted from 0
     step: int = 0  # the step in progress within the epoch
     stop_requested: bool = False
@@ -284,7 +285,7 @@ def fit(
     params = _unique_parameters(*modules)
     optimizer = _make_optimizer(params, optim)
     scheduler = _make_scheduler(optimizer, optim, train.epochs)
-    ctx = FitContext(model, guide)
+    ctx = FitContext(model, guide, elbo)
     history: list[dict] = []
     val_config = EvalConfig(num_samples=train.val_num_samples, batch_size=max(train.batch_size, 100))
 

@@ -1,7 +1,9 @@
 """The standard models as shipped specs, in a registry (mirrored by ``configs/specs/*.yaml``).
 
 Each entry gives a model spec, a guide spec, the estimator it is meant for,
-and what data it needs. The tests take the list from :data:`SPECS`, so a new
+and what data it needs. Discrete guide sites carry no ``enumerate`` flag: the
+``enum`` estimator enumerates every enumerable guide site by itself, and the same
+spec then also trains with ``tracegraph`` (REINFORCE), so the two can be compared. The tests take the list from :data:`SPECS`, so a new
 entry is compiled, trained and evaluated automatically.
 
 References
@@ -98,7 +100,7 @@ SPECS: dict[str, ShippedSpec] = {
         ),
         GuideSpec(
             (
-                GuideFactorSpec("c", "categorical", ("x",), _MLP, enumerate=True),
+                GuideFactorSpec("c", "categorical", ("x",), _MLP),
                 GuideFactorSpec("z", "normal", ("x", "c"), _MLP),
             )
         ),
@@ -113,7 +115,7 @@ SPECS: dict[str, ShippedSpec] = {
         ),
         GuideSpec(
             (
-                GuideFactorSpec("y", "categorical", ("x",), NetSpec(hidden_dims=(500,), activation="softplus"), enumerate=True),
+                GuideFactorSpec("y", "categorical", ("x",), NetSpec(hidden_dims=(500,), activation="softplus")),
                 GuideFactorSpec("z", "normal", ("x", "y"), NetSpec(hidden_dims=(500,), activation="softplus")),
             )
         ),

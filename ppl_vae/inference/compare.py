@@ -1,0 +1,326 @@
+"""Side-by-side comparisons: the same model trained with several estimators, or with several guides.
+
+Every variant is the same experiment config with one thing changed, trained by
+the one :func:`~ppl_vae.inference.fit` with the same seed, data order and number
+of epochs, then evaluated on the same test points with the same K. Each
+variant gets its own run directory inside the comparison's folder; a finished
+variant's row is saved there, so rerunning an interrupted comparison with the
+same ``--out`` skips what is done and resumes what was cut short.
+
+Output: ``comparison.md`` (a Markdown table), ``comparison.csv`` and
+``comparison.png`` (learning curves and one summary bar chart).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from ..config import ComponentConfig, ExperimentConfig, config_to_dict
+from ..errors import ConfigError
+from ..families import FAMILIES
+from ..runs import RunDir
+from .evaluate import EvalConfig, eval_mode, evaluate
+from .fit import Callback, FitContext
+
+__all__ = [
+    "CompareConfig",
+    "compare_estimators",
+    "compare_guides",
+    "estimator_variants",
+    "guide_variants",
+    "latent_usage",
+]
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What a comparison measures besides training."""
+
+    num_eval_points: Optional[int] = 1000  # test points evaluated (None: the whole test set)
+    num_samples: int = 1000  # K importance samples per test point for log p(x)
+    grad_draws: int = 50  # gradient draws per measurement of variance and SNR (estimators)
+    grad_epochs: tuple[int, ...] = ()  # epochs after which to measure gradients; () = after the first and the last
+
+    def __post_init__(self) -> None:
+        if self.num_eval_points is not None and self.num_eval_points < 1:
+            raise ValueError(f"num_eval_points must be a positive int or None, got {self.num_eval_points!r}")
+        for key in ("num_samples", "grad_draws"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive int, got {getattr(self, key)!r}")
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+
+
+# -- variants -------------------------------------------------------------------------------------
+
+
+def estimator_variants(config: ExperimentConfig, names: Sequence[str]) -> list[tuple[str, ExperimentConfig]]:
+    """One config per estimator name (``trace``, ``tracegraph:avg``, ``iwae:5``, ...)."""
+    from .estimators import parse_estimator
+
+    out = []
+    for text in names:
+        try:
+            est = parse_estimator(text)
+        except ValueError as err:
+            raise ConfigError(f"--estimators {text!r}: {err}") from None
+        est = replace(est, max_plate_nesting=max(est.max_plate_nesting, config.estimator.max_plate_nesting))
+        out.append((text, replace(config, estimator=est)))
+    return out
+
+
+def guide_variants(config: ExperimentConfig, heads: Sequence[str]) -> list[tuple[str, ExperimentConfig]]:
+    """One config per guide family, applied to every real-valued latent of a spec model's guide."""
+    from ..guides.heads import parse_head_name
+    from ..spec import validate_spec
+
+    if config.model.name != "spec" or config.guide.name != "spec":
+        raise ConfigError(
+            "compare-guides needs a spec model and guide (model.name: spec); e.g. configs/specs/vae.yaml"
+        )
+    latents = {v.name: v for v in config.model.config.latents}
+    out = []
+    for text in heads:
+        try:
+            parse_head_name(text)
+        except ValueError as err:
+            raise ConfigError(f"--guides {text!r}: {err}") from None
+        factors = tuple(
+            replace(f, family=text) if FAMILIES[latents[f.name].family].real_support else f
+            for f in config.guide.config.factors
+        )
+        guide = replace(config.guide.config, factors=factors)
+        validate_spec(config.model.config, guide)
+        out.append((text, replace(config, guide=ComponentConfig("spec", guide))))
+    return out
+
+
+# -- measurements ---------------------------------------------------------------------------------
+
+
+def _fixed_batch(data, n: int, seed: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The first ``n`` training points as training sees them (one seeded binarization when dynamic)."""
+    x = data.x_train[:n]
+    if data.binarize == "dynamic":
+        x = torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
+    return x, None if data.y_train is None else data.y_train[:n]
+
+
+class _GradientProbe(Callback):
+    """Measures gradient variance and SNR of the encoder (guide) and decoder (model) at chosen epochs."""
+
+    def __init__(self, x, y, epochs: set[int], draws: int) -> None:
+        self.x, self.y, self.epochs, self.draws = x, y, epochs, draws
+        self.rows: list[dict] = []
+
+    def on_epoch_end(self, ctx: FitContext, metrics: dict) -> None:
+        if metrics["epoch"] not in self.epochs:
+            return
+        from .gradients import gradient_stats
+
+        groups = {"encoder": list(ctx.guide.parameters()), "decoder": list(ctx.model.parameters())}
+        stats = gradient_stats(ctx.model, ctx.guide, ctx.estimator, self.x, self.y, self.draws, groups, seed=metrics["epoch"])
+        row = {"epoch": metrics["epoch"]}
+        for name, g in stats.groups.items():
+            row[f"{name}_grad_var"] = g.mean_variance
+            row[f"{name}_grad_snr"] = g.snr
+        metrics.update({k: v for k, v in row.items() if k != "epoch"})
+        self.rows.append(row)
+
+
+def latent_usage(model, guide, x: torch.Tensor, y: Optional[torch.Tensor] = None, num_samples: int = 20) -> dict:
+    """KL(q||p) per latent dimension and active units, per latent site, averaged over the points ``x``.
+
+    KL is the Monte-Carlo mean of ``log q(z|x) - log p(z|parents)`` over ``num_samples`` draws, divided
+    by the site's number of dimensions. A unit is active when the variance over data points of its
+    posterior mean exceeds 0.01 (Burda et al. 2016); only real-valued sites have units.
+    """
+    out: dict[str, float] = {}
+    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
+    with eval_mode(*modules), pyro.plate("particles", num_samples, dim=-2):
+        guide_trace = poutine.trace(guide).get_trace(x, y)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
+    total_kl, total_dims, active = 0.0, 0, 0
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        q = site["fn"].log_prob(site["value"])
+        p = model_trace.nodes[name]["fn"].log_prob(site["value"])
+        dims = max(1, math.prod(site["value"].shape[2:]))  # (K, N, *event) -> event size
+        kl = float((q - p).mean())
+        out[f"kl_per_dim[{name}]"] = kl / dims
+        total_kl += kl
+        total_dims += dims
+        value = site["value"]
+        if value.is_floating_point() and value.dim() == 3:
+            post_mean = value.mean(0)  # (N, dim)
+            units = int((post_mean.var(0) > 0.01).sum())
+            out[f"active_units[{name}]"] = units
+            active += units
+    out["kl_per_dim"] = total_kl / max(total_dims, 1)
+    out["active_units"] = active
+    return out
+
+
+# -- the runner -----------------------------------------------------------------------------------
+
+
+def _run_variant(
+    label: str,
+    config: ExperimentConfig,
+    run: RunDir,
+    compare: CompareConfig,
+    data_dir,
+    measure_gradients: bool,
+    guide_metrics: bool,
+) -> dict:
+    from ..experiment import build_experiment
+    from .diagnostics import importance_diagnostics
+    from .fit import fit
+
+    exp = build_experiment(config, data_dir)
+    callbacks: list[Callback] = []
+    probe = None
+    if measure_gradients:
+        epochs = set(compare.grad_epochs) or {1, config.train.epochs}
+        x_fixed, y_fixed = _fixed_batch(exp.data, config.train.batch_size, config.train.seed)
+        probe = _GradientProbe(x_fixed, y_fixed, epochs, compare.grad_draws)
+        callbacks.append(probe)
+    resume = run.has_checkpoint()
+    if not resume:
+        run.write_config(config_to_dict(config))
+    t0 = time.perf_counter()
+    result = fit(
+        exp.model, exp.guide, exp.data, estimator=config.estimator, optim=config.optim, train=config.train,
+        run_dir=run, resume=resume, callbacks=callbacks,
+    )
+    wall = time.perf_counter() - t0
+    history = run.read_metrics()
+    device = result.device
+    x = exp.data.x_test.to(device)
+    y = None if exp.data.y_test is None else exp.data.y_test.to(device)
+    if compare.num_eval_points is not None:
+        x = x[: compare.num_eval_points]
+        y = None if y is None else y[: compare.num_eval_points]
+    needs_y = bool(getattr(getattr(exp.model, "spec", None), "inputs", ()))
+    y_eval = y if needs_y else None
+    ev = evaluate(exp.model, exp.guide, x, y_eval, replace(config.eval, num_samples=compare.num_samples), progress=True)
+    row = {
+        "variant": label,
+        "final_train_loss": history[-1]["train_loss"] if history else float("nan"),
+        "test_elbo": ev.elbo,
+        "test_elbo_se": ev.elbo_stderr,
+        "test_log_px": ev.log_likelihood,
+        "test_log_px_se": ev.log_likelihood_stderr,
+        "gap": ev.log_likelihood - ev.elbo,
+        "s_per_epoch": sum(h["epoch_time_s"] for h in history) / max(len(history), 1),
+        "wall_s": wall,
+        "num_eval_points": ev.num_points,
+        "K": ev.num_samples,
+    }
+    last_grad = next((h for h in reversed(history) if "encoder_grad_var" in h), None)
+    if last_grad is not None:
+        for key in ("encoder_grad_var", "encoder_grad_snr", "decoder_grad_var", "decoder_grad_snr"):
+            row[key] = last_grad[key]
+    if guide_metrics:
+        diag = importance_diagnostics(exp.model, exp.guide, x, y_eval, num_samples=compare.num_samples)
+        row["share_khat_gt_0.7"] = diag.share_k_above
+        row["mean_ess"] = diag.mean_ess
+        row.update({k: v for k, v in latent_usage(exp.model, exp.guide, x, y_eval).items() if "[" not in k})
+    return {"row": row, "history": history}
+
+
+def _write_outputs(out_dir: Path, results: list[dict], bar_key: str, bar_label: str, title: str) -> dict[str, Path]:
+    from ..plots import plot_comparison
+
+    rows = [r["row"] for r in results]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    md = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        md.append("| " + " | ".join(cells) + " |")
+    paths = {"md": out_dir / "comparison.md", "csv": out_dir / "comparison.csv", "png": out_dir / "comparison.png"}
+    paths["md"].write_text("\n".join(md) + "\n")
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_comparison({r["row"]["variant"]: r["history"] for r in results}, rows, bar_key, bar_label, title, paths["png"])
+    return paths
+
+
+def _compare(
+    kind: str,
+    variants: list[tuple[str, ExperimentConfig]],
+    out_dir: str | Path,
+    compare: CompareConfig,
+    data_dir,
+    log: Callable[[str], None],
+) -> tuple[list[dict], dict[str, Path]]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for label, config in variants:
+        run = RunDir(out / _slug(label))
+        done = run.path / "variant.json"
+        if done.is_file():
+            log(f"[{label}] done earlier; reusing {done}")
+            results.append(json.loads(done.read_text()))
+            continue
+        run.path.mkdir(parents=True, exist_ok=True)
+        log(f"[{label}] training {config.train.epochs} epochs ({'resuming' if run.has_checkpoint() else 'fresh'})")
+        res = _run_variant(label, config, run, compare, data_dir, kind == "estimators", kind == "guides")
+        run.write_json("variant.json", res)
+        results.append(res)
+        r = res["row"]
+        log(f"[{label}] test ELBO {r['test_elbo']:.3f}, log p(x) {r['test_log_px']:.3f}, {r['s_per_epoch']:.2f} s/epoch")
+    if kind == "estimators":
+        bar_key, bar_label = "encoder_grad_var", "encoder gradient variance (last checkpoint)"
+    else:
+        bar_key, bar_label = "test_log_px", "test log p(x), nats"
+    paths = _write_outputs(out, results, bar_key, bar_label, f"compare-{kind}")
+    return [r["row"] for r in results], paths
+
+
+def compare_estimators(
+    config: ExperimentConfig,
+    estimators: Sequence[str],
+    out_dir: str | Path,
+    compare: CompareConfig | None = None,
+    *,
+    data_dir=None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict], dict[str, Path]]:
+    """Train ``config`` with each estimator for the same budget and seed; report bounds, time and gradients."""
+    return _compare("estimators", estimator_variants(config, estimators), out_dir, compare or CompareConfig(), data_dir, log)
+
+
+def compare_guides(
+    config: ExperimentConfig,
+    guides: Sequence[str],
+    out_dir: str | Path,
+    compare: CompareConfig | None = None,
+    *,
+    data_dir=None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict], dict[str, Path]]:
+    """Train ``config``'s spec model with each guide family for the same budget and seed; report bounds,
+    the approximation gap, KL per dimension, active units, wall time and PSIS diagnostics."""
+    return _compare("guides", guide_variants(config, guides), out_dir, compare or CompareConfig(), data_dir, log)
