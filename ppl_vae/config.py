@@ -9,6 +9,7 @@ A config file has one section per component::
     optim:     OptimConfig       (ppl_vae.inference.fit)
     train:     TrainConfig       (ppl_vae.inference.fit)
     eval:      EvalConfig        (ppl_vae.inference.evaluate)
+    kl_weighting: KLWeighting    (ppl_vae.inference.objectives: beta-VAE, KL annealing, free bits)
     run:       RunConfig         (below)
 
 Every key is checked where it enters: an unknown key, a value of the wrong
@@ -35,6 +36,7 @@ from .guides import GUIDES
 from .inference.estimators import EstimatorConfig
 from .inference.evaluate import EvalConfig
 from .inference.fit import OptimConfig, TrainConfig
+from .inference.objectives import KLWeighting
 from .models import MODELS
 from .spec import default_guide, validate_spec
 
@@ -77,6 +79,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    kl_weighting: KLWeighting = field(default_factory=KLWeighting)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -86,10 +89,11 @@ _PLAIN_SECTIONS = {
     "optim": OptimConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
+    "kl_weighting": KLWeighting,
     "run": RunConfig,
 }
 _REGISTRY_SECTIONS = {"model": MODELS, "guide": GUIDES}
-SECTIONS = ("data", "model", "guide", "estimator", "optim", "train", "eval", "run")
+SECTIONS = ("data", "model", "guide", "estimator", "kl_weighting", "optim", "train", "eval", "run")
 
 
 def _type_name(hint: Any) -> str:

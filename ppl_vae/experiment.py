@@ -21,7 +21,7 @@ from .inference.fit import Callback, FitResult, fit, resolve_device
 from .models import make_model
 from .runs import RunDir
 
-__all__ = ["Experiment", "build_experiment", "fit_experiment", "load_run", "resume_experiment"]
+__all__ = ["Experiment", "build_experiment", "fit_experiment", "load_run", "resume_experiment", "training_estimator"]
 
 
 @dataclass
@@ -43,6 +43,15 @@ def build_experiment(config: ExperimentConfig, data_dir: str | os.PathLike | Non
     return Experiment(config, data, model, guide)
 
 
+def training_estimator(config: ExperimentConfig):
+    """The estimator config, wrapped in a KL weighting (beta, annealing, free bits) when the config asks for one."""
+    if config.kl_weighting.is_elbo:
+        return config.estimator
+    from .inference.objectives import make_objective
+
+    return make_objective(config.estimator, config.kl_weighting)
+
+
 def fit_experiment(
     config: ExperimentConfig,
     run_dir: RunDir | None = None,
@@ -58,7 +67,7 @@ def fit_experiment(
         exp.model,
         exp.guide,
         exp.data,
-        estimator=config.estimator,
+        estimator=training_estimator(config),
         optim=config.optim,
         train=config.train,
         run_dir=run_dir,
@@ -86,7 +95,7 @@ def resume_experiment(
         exp.model,
         exp.guide,
         exp.data,
-        estimator=config.estimator,
+        estimator=training_estimator(config),
         optim=config.optim,
         train=config.train,
         run_dir=run_dir,

@@ -205,12 +205,14 @@ def _iaf_steps(context_dim: int, dim: int, num_steps: int) -> list[ConditionalTr
 
 def _planar_steps(context_dim: int, dim: int, num_steps: int) -> list[ConditionalTransformModule]:
     hidden = [10 * dim, 10 * dim]
-    return [_InvertibleConditionalPlanar(DenseNN(context_dim, hidden, param_dims=[1, dim, dim])) for _ in range(num_steps)]
+    # hypernetwork outputs: bias (1), u (dim), w (dim)
+    return [_InvertibleConditionalPlanar(DenseNN(context_dim, hidden, [1, dim, dim])) for _ in range(num_steps)]
 
 
 def _radial_steps(context_dim: int, dim: int, num_steps: int) -> list[ConditionalTransformModule]:
     hidden = [10 * dim, 10 * dim]
-    return [_InvertibleConditionalRadial(DenseNN(context_dim, hidden, param_dims=[dim, 1, 1])) for _ in range(num_steps)]
+    # hypernetwork outputs: centre x0 (dim), alpha' (1), beta' (1)
+    return [_InvertibleConditionalRadial(DenseNN(context_dim, hidden, [dim, 1, 1])) for _ in range(num_steps)]
 
 
 _SPLINE_BINS = 8
@@ -243,7 +245,9 @@ FLOW_STEPS: dict[str, tuple[Callable[[int, int, int], list[ConditionalTransformM
 }
 
 
-def make_flow_steps(name: str, context_dim: int, dim: int, num_steps: Optional[int] = None) -> list[ConditionalTransformModule]:
+def make_flow_steps(
+    name: str, context_dim: int, dim: int, num_steps: Optional[int] = None
+) -> list[ConditionalTransformModule]:
     """The conditional steps of flow ``name`` (a key of :data:`FLOW_STEPS`); ``num_steps`` defaults per flow."""
     if name not in FLOW_STEPS:
         raise ValueError(f"unknown flow {name!r}; expected one of {sorted(FLOW_STEPS)}")

@@ -188,7 +188,7 @@ def _run_variant(
     measure_gradients: bool,
     guide_metrics: bool,
 ) -> dict:
-    from ..experiment import build_experiment
+    from ..experiment import build_experiment, training_estimator
     from .diagnostics import importance_diagnostics
     from .fit import fit
 
@@ -205,7 +205,7 @@ def _run_variant(
         run.write_config(config_to_dict(config))
     t0 = time.perf_counter()
     result = fit(
-        exp.model, exp.guide, exp.data, estimator=config.estimator, optim=config.optim, train=config.train,
+        exp.model, exp.guide, exp.data, estimator=training_estimator(config), optim=config.optim, train=config.train,
         run_dir=run, resume=resume, callbacks=callbacks,
     )
     wall = time.perf_counter() - t0
