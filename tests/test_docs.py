@@ -40,7 +40,9 @@ def test_readme_cli_subcommands_exist():
 
 
 def test_shipped_configs_parse():
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    paths = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert len(paths) >= 10
+    for path in paths:
         yaml.safe_load(path.read_text())
         load_config(path)
 
