@@ -194,7 +194,7 @@ def build_model_and_guide(seed: int):
     return model, guide
 
 
-def warm_up(data, device: torch.device, batch_size: int, steps: int, seed: int) -> None:
+def warm_up(data, device: torch.device, batch_size: int, steps: int, seed: int, estimator: str = "trace") -> None:
     """Run ``steps`` steps of each trainer on throw-away networks (lazy init, allocator, kernels)."""
     if steps < 1:
         return
@@ -204,19 +204,21 @@ def warm_up(data, device: torch.device, batch_size: int, steps: int, seed: int) 
     model, guide = build_model_and_guide(seed + 1)
     n = min(len(data.x_train), steps * batch_size)
     small = replace(data, x_train=data.x_train[:n], y_train=None, x_val=data.x_val[:0], y_val=None)
-    fit(model, guide, small, estimator="trace", optim=OptimConfig(lr=LR),
+    fit(model, guide, small, estimator=estimator, optim=OptimConfig(lr=LR),
         train=TrainConfig(epochs=1, batch_size=batch_size, seed=seed, device=str(device), progress=False, val_every=0))
     hand = TorchVAE(guide.encoder, model.decoder, LATENT_DIM, guide.config.min_scale, device, seed)
     x = data.x_train[:n].to(device)
     hand.train_epoch(Batches(x, batch_size=batch_size, seed=seed, binarize=True), 0, max_steps=steps)
 
 
-def bench_config(data, device: torch.device, batch_size: int, epochs: int, seed: int, warmup_steps: int) -> dict:
+def bench_config(
+    data, device: torch.device, batch_size: int, epochs: int, seed: int, warmup_steps: int, estimator: str = "trace"
+) -> dict:
     """Interleave ``epochs`` ppl_vae epochs with ``epochs`` torch epochs; return times and losses."""
     from ppl_vae.data import Batches
     from ppl_vae.inference.fit import Callback, OptimConfig, TrainConfig, fit
 
-    warm_up(data, device, batch_size, warmup_steps, seed)
+    warm_up(data, device, batch_size, warmup_steps, seed, estimator)
 
     model, guide = build_model_and_guide(seed)
     # Copies taken before fit touches anything: both trainers start from the same weights.
@@ -239,7 +241,7 @@ def bench_config(data, device: torch.device, batch_size: int, epochs: int, seed:
             torch_times.append(seconds)
             torch_losses.append(loss)
             print(
-                f"  [{device.type} B={batch_size}] epoch {ctx.epoch + 1}/{epochs}: "
+                f"  [{device.type} {estimator} B={batch_size}] epoch {ctx.epoch + 1}/{epochs}: "
                 f"ppl_vae {ppl_times[-1]:.3f}s loss {metrics['train_loss']:.3f} | "
                 f"torch {seconds:.3f}s loss {loss:.3f}",
                 flush=True,
@@ -249,7 +251,7 @@ def bench_config(data, device: torch.device, batch_size: int, epochs: int, seed:
         model,
         guide,
         data,
-        estimator="trace",
+        estimator=estimator,
         optim=OptimConfig(lr=LR),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=str(device), progress=False,
                           val_every=0),
@@ -260,6 +262,7 @@ def bench_config(data, device: torch.device, batch_size: int, epochs: int, seed:
     torch_med = statistics.median(torch_times)
     return {
         "device": device.type if device.index is None else str(device),
+        "estimator": estimator,
         "batch_size": batch_size,
         "num_train": len(data.x_train),
         "steps_per_epoch": steps,
@@ -285,13 +288,13 @@ def bench_config(data, device: torch.device, batch_size: int, epochs: int, seed:
 
 def markdown_table(rows: Sequence[dict]) -> str:
     head = (
-        "| device | batch size | steps/epoch | ppl_vae s/epoch | torch s/epoch | ratio | ratio of fastest epochs "
+        "| device | estimator | batch size | steps/epoch | ppl_vae s/epoch | torch s/epoch | ratio | ratio of fastest epochs "
         "| overhead ms/step | ppl_vae final loss | torch final loss |"
     )
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['device']} | {r['batch_size']} | {r['steps_per_epoch']} | {r['ppl_vae_median_s']:.3f} "
+            f"| {r['device']} | {r['estimator']} | {r['batch_size']} | {r['steps_per_epoch']} | {r['ppl_vae_median_s']:.3f} "
             f"| {r['torch_median_s']:.3f} | {r['ratio']:.2f} | {r['ratio_of_min']:.2f} | {r['overhead_ms_per_step']:.2f} "
             f"| {r['ppl_vae_final_loss']:.2f} | {r['torch_final_loss']:.2f} |"
         )
@@ -313,6 +316,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="cpu: CPU only; cuda: CPU and CUDA; auto (default): CPU, and CUDA when present")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU runs (with --device cuda/auto)")
+    p.add_argument("--estimator", nargs="+", default=["trace"],
+                   help="ppl_vae estimators to time, e.g. trace jit_trace (default: trace)")
     p.add_argument("--seed", type=int, default=0, help="seeds the networks, batch order and binarization (default: 0)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -345,20 +350,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"torch {info['torch']}, pyro {info['pyro']} (validation {'on' if info['pyro_validation'] else 'off'}), "
           f"Python {info['python']}, {info['platform']}")
 
-    # The full MNIST training set (60k; no validation split: nothing is validated here). Loaded as images
-    # and flattened here, because load_dataset's own flattening cannot reshape the empty validation split.
+    # The full MNIST training set (60k; no validation split: nothing is validated here).
     data = load_dataset(DataConfig(name="mnist", data_dir=args.data_dir, binarize="dynamic", val_fraction=0.0,
-                                   num_train=args.num_train, flatten=False, seed=args.seed))
-    data = replace(data, **{f"x_{s}": getattr(data, f"x_{s}").reshape(-1, 784) for s in ("train", "val", "test")})
+                                   num_train=args.num_train, seed=args.seed))
     print(f"MNIST: {len(data.x_train)} training points, dynamic binarization; "
           f"784-{'-'.join(map(str, HIDDEN_DIMS))}-{LATENT_DIM} {ACTIVATION}, Adam lr {LR}; "
           f"{args.epochs} timed epochs each, interleaved, after {args.warmup_steps} warm-up steps", flush=True)
 
     rows = []
     for name in devices:
-        for batch_size in args.batch_size:
-            rows.append(bench_config(data, torch.device(name), batch_size, args.epochs, args.seed,
-                                     args.warmup_steps))
+        for estimator in args.estimator:
+            for batch_size in args.batch_size:
+                rows.append(bench_config(data, torch.device(name), batch_size, args.epochs, args.seed,
+                                         args.warmup_steps, estimator))
 
     print()
     print(markdown_table(rows))

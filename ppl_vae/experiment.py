@@ -58,8 +58,12 @@ def fit_experiment(
     *,
     data_dir: str | os.PathLike | None = None,
     callbacks: Sequence[Callback] = (),
+    resume: bool = False,
 ) -> tuple[Experiment, FitResult]:
-    """Build and train a config; write its resolved config into ``run_dir`` first."""
+    """Build and train a config, writing its resolved config into ``run_dir`` first.
+
+    With ``resume``, continue from the checkpoint in ``run_dir`` instead of starting afresh.
+    """
     exp = build_experiment(config, data_dir)
     if run_dir is not None:
         run_dir.write_config(config_to_dict(config))
@@ -71,6 +75,7 @@ def fit_experiment(
         optim=config.optim,
         train=config.train,
         run_dir=run_dir,
+        resume=resume,
         callbacks=callbacks,
     )
     return exp, result
@@ -87,22 +92,8 @@ def resume_experiment(
     for item in overrides:
         if not item.startswith("train."):
             raise ConfigError(f"--set {item!r}: a resumed run may change only train.* settings")
-    raw = apply_overrides(run_dir.read_config(), overrides)
-    config = config_from_dict(raw)
-    exp = build_experiment(config, data_dir)
-    run_dir.write_config(config_to_dict(config))
-    result = fit(
-        exp.model,
-        exp.guide,
-        exp.data,
-        estimator=training_estimator(config),
-        optim=config.optim,
-        train=config.train,
-        run_dir=run_dir,
-        resume=True,
-        callbacks=callbacks,
-    )
-    return exp, result
+    config = config_from_dict(apply_overrides(run_dir.read_config(), overrides))
+    return fit_experiment(config, run_dir, data_dir=data_dir, callbacks=callbacks, resume=True)
 
 
 def load_run(
