@@ -40,7 +40,9 @@ import weakref
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, NamedTuple, Optional
 
+import pyro
 import torch
+from pyro import poutine
 from pyro.distributions import TransformedDistribution
 from pyro.infer import (
     ELBO,
@@ -553,6 +555,25 @@ def _check_one(elbo: ELBO, model: Callable, guide: Callable, x: torch.Tensor, y:
             )
     if kind == "iwae" and getattr(elbo, "gradient", "reparam") == "dreg":
         _check_dreg(lambda: dry_trace(guide, x, y, grad=True), latents)
+    if kind == "meanfield":
+        _check_mean_field_order(model, trace, x, y, [s["name"] for s in latents])
+
+
+def _check_mean_field_order(model: Callable, guide_trace, x, y, guide_order: list[str]) -> None:
+    """TraceMeanField_ELBO's analytic KL terms are right only when the guide samples in the model's order.
+
+    Otherwise KL(q(a|...) || p(a|b)) would be taken at a ``b`` that was itself drawn given ``a``.
+    """
+    with torch.random.fork_rng(devices=[]), pyro.get_param_store().scope(), torch.no_grad():
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
+    model_order = [n for n, s in model_trace.nodes.items() if n in guide_order and s["type"] == "sample"]
+    for guide_name, model_name in zip(guide_order, model_order):
+        if guide_name != model_name:
+            raise ConfigError(
+                f"estimator meanfield needs the guide to sample its sites in the model's order, but guide site "
+                f"{guide_name!r} comes before {model_name!r} in the guide and after it in the model (the analytic "
+                "KL would be biased); use trace, or order the guide like the model"
+            )
 
 
 def check_estimator(elbo: ELBO, model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
