@@ -13,6 +13,8 @@ References
   Generative Models. NeurIPS. (conditional VAE)
 - Burda, Y., Grosse, R. & Salakhutdinov, R. (2016). Importance Weighted Autoencoders. ICLR. (two stochastic layers)
 - Neal, R. M. (1992). Connectionist learning of belief networks. (sigmoid belief layers)
+- Jang, E., Gu, S. & Poole, B. (2017). Categorical Reparameterization with Gumbel-Softmax. ICLR;
+  Maddison, C. J., Mnih, A. & Teh, Y. W. (2017). The Concrete Distribution. ICLR. (relaxed_vae)
 - Kingma, D. P., Rezende, D. J., Mohamed, S. & Welling, M. (2014). Semi-Supervised Learning with Deep
   Generative Models. NeurIPS. (M2)
 """
@@ -107,6 +109,21 @@ SPECS: dict[str, ShippedSpec] = {
         "enum",
         True,
         "a categorical latent c and a Normal z: p(x|c,z); q(c|x) q(z|x,c), c summed out exactly",
+    ),
+    "relaxed_vae": ShippedSpec(
+        ModelSpec(
+            latents=(LatentSpec("c", "relaxed_categorical", dim=10, temperature=0.5), LatentSpec("z", dim=20)),
+            observed=ObservedSpec(parents=("c", "z"), net=_MLP),
+        ),
+        GuideSpec(
+            (
+                GuideFactorSpec("c", "relaxed_categorical", ("x",), _MLP),
+                GuideFactorSpec("z", "normal", ("x", "c"), _MLP),
+            )
+        ),
+        "trace",
+        True,
+        "the categorical latent relaxed by Gumbel-softmax (temperature 0.5): pathwise gradients, no REINFORCE",
     ),
     "m2": ShippedSpec(
         ModelSpec(
