@@ -143,7 +143,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .experiment import load_run
+    from .experiment import conditioning_labels, load_run
     from .inference.evaluate import evaluate
     from .runs import RunDir
 
@@ -155,7 +155,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise PplVaeError(f"--num-samples must be a positive int, got {args.num_samples}")
         config = replace(config, num_samples=args.num_samples)
     x = getattr(exp.data, f"x_{args.split}")
-    y = getattr(exp.data, f"y_{args.split}")
+    y = conditioning_labels(exp.model, getattr(exp.data, f"y_{args.split}"))
     if args.max_points is not None:
         x = x[: args.max_points]
         y = y[: args.max_points] if y is not None else None
@@ -171,7 +171,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .experiment import load_run
+    from .experiment import conditioning_labels, load_run
     from .plots import plot_reconstructions, plot_samples
     from .runs import RunDir
 
@@ -183,7 +183,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     plot_samples(exp.model, args.num_samples, exp.data.image_shape, out, seed=args.seed)
     recon_path = out.with_name("reconstructions.png" if out.stem == "samples" else f"{out.stem}_reconstructions.png")
     x, y = exp.data.head(30)
-    plot_reconstructions(exp.model, exp.guide, x, exp.data.image_shape, recon_path, y)
+    plot_reconstructions(exp.model, exp.guide, x, exp.data.image_shape, recon_path, conditioning_labels(exp.model, y))
     print(f"saved {out}")
     print(f"saved {recon_path}")
     return 0

@@ -21,7 +21,7 @@ from .inference.fit import Callback, FitResult, fit, resolve_device
 from .models import make_model
 from .runs import RunDir
 
-__all__ = ["Experiment", "build_experiment", "fit_experiment", "load_run", "resume_experiment", "training_estimator"]
+__all__ = ["Experiment", "build_experiment", "fit_experiment", "load_run", "resume_experiment", "training_estimator", "conditioning_labels"]
 
 
 @dataclass
@@ -41,6 +41,15 @@ def build_experiment(config: ExperimentConfig, data_dir: str | os.PathLike | Non
     model = make_model(config.model.name, data.x_shape, config.model.config)
     guide = make_guide(config.guide.name, model, config.guide.config)
     return Experiment(config, data, model, guide)
+
+
+def conditioning_labels(model, y):
+    """The labels a model must be given to score x: ``y`` for a model conditioned on an input y, else None.
+
+    Evaluation estimates log p(x); a semi-observed label (M2) stays latent there, and models without labels
+    ignore them.
+    """
+    return y if getattr(getattr(model, "spec", None), "inputs", ()) else None
 
 
 def training_estimator(config: ExperimentConfig):

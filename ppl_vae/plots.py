@@ -73,12 +73,28 @@ def save_image_grid(
     return path
 
 
+def _generation_labels(model, num_samples: int) -> Optional[torch.Tensor]:
+    """Labels 0, 1, 2, ... (cycling) for a model conditioned on a categorical input y; None otherwise."""
+    inputs = getattr(getattr(model, "spec", None), "inputs", ())
+    if not inputs:
+        return None
+    spec = inputs[0]
+    device = next(iter(model.parameters())).device
+    if spec.kind == "categorical":
+        return torch.arange(num_samples, device=device) % spec.dim
+    raise ValueError("sampling from a model conditioned on a real-valued input needs that input; pass it yourself")
+
+
 def sample_images(model, num_samples: int, *, seed: Optional[int] = None) -> torch.Tensor:
-    """Means of p(x|z) for ``num_samples`` draws z from the prior, shape ``(n, *x_shape)``."""
+    """Means of p(x|z) for ``num_samples`` draws z from the prior, shape ``(n, *x_shape)``.
+
+    A model conditioned on a class label gets the labels 0, 1, 2, ... in turn (one class per column
+    of a 10-wide grid).
+    """
     if seed is not None:
         pyro.set_rng_seed(seed)
     with eval_mode(model):
-        trace = poutine.trace(model).get_trace(None, None, num_samples)
+        trace = poutine.trace(model).get_trace(None, _generation_labels(model, num_samples), num_samples)
     return _site_mean(trace)
 
 
@@ -98,6 +114,8 @@ def _pixel_scale(model) -> float:
 def plot_samples(model, num_samples: int, image_shape: Sequence[int], path: str | os.PathLike, *, seed: Optional[int] = 0) -> Path:
     """A PNG grid of samples from the model (the means of p(x|z), z ~ p(z))."""
     images = _as_images(sample_images(model, num_samples, seed=seed), image_shape, _pixel_scale(model))
+    if _generation_labels(model, num_samples) is not None:
+        return save_image_grid(images, path, nrow=10, title=f"{num_samples} samples, column = class y")
     return save_image_grid(images, path, title=f"{num_samples} samples: mean of p(x|z), z ~ p(z)")
 
 

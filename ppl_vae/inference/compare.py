@@ -188,7 +188,7 @@ def _run_variant(
     measure_gradients: bool,
     guide_metrics: bool,
 ) -> dict:
-    from ..experiment import build_experiment, training_estimator
+    from ..experiment import build_experiment, conditioning_labels, training_estimator
     from .diagnostics import importance_diagnostics
     from .fit import fit
 
@@ -216,8 +216,7 @@ def _run_variant(
     if compare.num_eval_points is not None:
         x = x[: compare.num_eval_points]
         y = None if y is None else y[: compare.num_eval_points]
-    needs_y = bool(getattr(getattr(exp.model, "spec", None), "inputs", ()))
-    y_eval = y if needs_y else None
+    y_eval = conditioning_labels(exp.model, y)
     ev = evaluate(exp.model, exp.guide, x, y_eval, replace(config.eval, num_samples=compare.num_samples), progress=True)
     row = {
         "variant": label,
