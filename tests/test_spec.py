@@ -269,3 +269,17 @@ def test_discrete_latent_with_a_pathwise_estimator_is_refused_naming_the_site():
 def test_spec_error_is_a_config_error():
     with pytest.raises(SpecError):
         compile_spec(ModelSpec(latents=(LatentSpec("z", parents=("nope",)),)), GuideSpec(), (4,))
+
+
+def test_conditional_model_samples_cycle_through_classes(tmp_path):
+    from ppl_vae.plots import plot_samples, sample_images
+
+    shipped = SPECS["cvae"]
+    model, _ = compile_spec(shipped.model, shipped.guide, (64,))
+    images = sample_images(model, 20, seed=0)
+    assert images.shape == (20, 64)
+    # the same z with different classes gives different images: the class reaches the decoder
+    z = torch.randn(1, 20).expand(10, 20)
+    means = model.x_dist({"z": z, "y": torch.arange(10)}).mean
+    assert not torch.allclose(means[0], means[1])
+    assert plot_samples(model, 20, (1, 8, 8), tmp_path / "s.png").is_file()
