@@ -69,3 +69,26 @@ def test_bad_variants_are_refused_by_name():
         guide_variants(config, ["madeup:3"])
     with pytest.raises(ConfigError, match="spec model"):
         guide_variants(config_from_dict(read_yaml(ROOT / "configs" / "vae_digits.yaml")), ["normal"])
+
+
+def test_active_units_ignore_monte_carlo_noise():
+    # A guide that ignores x has no active unit (its posterior mean is the same for every point), and one whose
+    # mean moves with x in every dimension has all of them active, with exact or sampled means alike.
+    import torch
+
+    from ppl_vae.inference.compare import _posterior_mean_variance
+    import pyro.distributions as dist
+
+    n, k, d = 200, 20, 3
+    still = dist.Normal(torch.zeros(n, d), torch.ones(n, d))
+    draws = still.sample((k,))
+    assert (_posterior_mean_variance(still, draws) == 0).all()
+
+    class NoMean(dist.Normal):
+        @property
+        def mean(self):
+            raise NotImplementedError
+
+    assert (_posterior_mean_variance(NoMean(torch.zeros(n, d), torch.ones(n, d)), draws) < 0.01).all()
+    moving = NoMean(torch.randn(n, d), torch.ones(n, d))
+    assert (_posterior_mean_variance(moving, moving.sample((k,))) > 0.5).all()
