@@ -171,25 +171,75 @@ def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
     return x.unsqueeze(1), torch.tensor(digits.target, dtype=torch.long)
 
 
-def _load_torchvision(name: str, root: Path, download: bool) -> dict[str, torch.Tensor]:
-    from torchvision import datasets
+_IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
 
-    cls, folder = {"mnist": (datasets.MNIST, "MNIST"), "fashion_mnist": (datasets.FashionMNIST, "FashionMNIST")}[name]
+
+def _find_idx(raw: Path, stem: str) -> Path | None:
+    return next((p for p in (raw / stem, raw / f"{stem}.gz") if p.is_file()), None)
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file of unsigned bytes (the MNIST format), plain or gzipped.
+
+    Read directly rather than through torchvision, which insists on unpacking the ``.gz``
+    files next to themselves and so fails on a read-only data folder.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            blob = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"could not read {path}: {err}") from None
+    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] != 0x08 or blob[3] not in (1, 3):
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+    ndim = blob[3]
+    dims = [int.from_bytes(blob[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(blob) - offset != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated or corrupted: header says {dims}, found {len(blob) - offset} bytes")
+    return torch.from_numpy(np.frombuffer(blob, dtype=np.uint8, offset=offset).reshape(dims).copy())
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> dict[str, torch.Tensor]:
+    folder = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
     raw = root / folder / "raw"
-    out = {}
-    for train in (True, False):
-        try:
-            ds = cls(str(root), train=train, download=download)
-        except Exception as err:  # torchvision raises RuntimeError, URLError, OSError ...
-            how = "the download failed" if download else "download is off (data.download: false)"
+    paths = {key: _find_idx(raw, stem) for key, stem in _IDX_FILES.items()}
+    if any(p is None for p in paths.values()):
+        missing = ", ".join(f"{_IDX_FILES[k]}[.gz]" for k, p in paths.items() if p is None)
+        if not download:
             raise DataError(
-                f"{folder} files were not found in {raw} and {how}: {err}. "
+                f"{folder} files were not found in {raw} ({missing} missing) and download is off "
+                f"(data.download: false). Put the four files there, or point --data-dir / $PPL_VAE_DATA "
+                f"at a folder holding {folder}/raw/"
+            )
+        from torchvision import datasets
+
+        cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
+        try:
+            cls(str(root), train=True, download=True)  # fetches and unpacks all four files into raw/
+        except Exception as err:  # torchvision raises RuntimeError, URLError, OSError ...
+            raise DataError(
+                f"{folder} files were not found in {raw} ({missing} missing) and the download failed: {err}. "
                 f"Put the four files (train-images-idx3-ubyte.gz, ...) in {raw}, or point "
                 "--data-dir / $PPL_VAE_DATA at a folder holding them"
             ) from None
-        split = "train" if train else "test"
-        out[f"x_{split}"] = ds.data.float().div(255.0).unsqueeze(1)  # (N, 1, 28, 28)
-        out[f"y_{split}"] = ds.targets.long()
+        paths = {key: _find_idx(raw, stem) for key, stem in _IDX_FILES.items()}
+        if any(p is None for p in paths.values()):
+            raise DataError(f"the download finished but {raw} still lacks some of {list(_IDX_FILES.values())}")
+    out = {}
+    for key, path in paths.items():
+        t = _read_idx(path)
+        out[key] = t.float().div(255.0).unsqueeze(1) if key.startswith("x") else t.long()  # images (N, 1, 28, 28)
+        if key.startswith("x") and t.dim() != 3:
+            raise DataError(f"{path} holds an array of shape {tuple(t.shape)}, expected (N, 28, 28)")
+    for split in ("train", "test"):
+        if len(out[f"x_{split}"]) != len(out[f"y_{split}"]):
+            raise DataError(f"{raw}: {split} images and labels differ in number")
     return out
 
 

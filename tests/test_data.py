@@ -299,6 +299,70 @@ def test_missing_mnist_without_download_names_the_folder(tmp_path, name, folder)
     assert "download is off" in message
 
 
+# -- MNIST IDX files, read without torchvision ------------------------------------------------
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    blob = header + array.astype(np.uint8).tobytes()
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(blob)
+
+
+def _fake_mnist(root: Path, gz: bool, n_train: int = 30, n_test: int = 10) -> dict[str, np.ndarray]:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+    }
+    for stem, array in arrays.items():
+        _write_idx(raw / (stem + (".gz" if gz else "")), array, gz)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx_files_read_in_place_from_a_read_only_folder(tmp_path, gz):
+    arrays = _fake_mnist(tmp_path, gz)
+    raw = tmp_path / "MNIST" / "raw"
+    for p in raw.iterdir():
+        p.chmod(0o444)
+    raw.chmod(0o555)  # torchvision would try (and fail) to unpack the .gz files here
+    try:
+        data = load_dataset(DataConfig(name="mnist", download=False, val_fraction=0.2, flatten=False), data_dir=tmp_path)
+    finally:
+        raw.chmod(0o755)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(s + (".gz" if gz else "") for s in arrays)  # nothing written
+    assert tuple(data.x_test.shape) == (10, 1, 28, 28)
+    assert len(data.x_train) + len(data.x_val) == 30
+    expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).float() / 255
+    test = load_dataset(DataConfig(name="mnist", download=False, binarize="none", flatten=False), data_dir=tmp_path)
+    torch.testing.assert_close(test.x_test[:, 0], expected)
+    assert test.y_test.tolist() == (np.arange(10) % 10).tolist()
+
+
+def test_corrupted_mnist_idx_file_is_named(tmp_path):
+    _fake_mnist(tmp_path, gz=True)
+    bad = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\0" * 100)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz is truncated or corrupted"):
+        load_dataset(DataConfig(name="mnist", download=False), data_dir=tmp_path)
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="could not read .*t10k-images-idx3-ubyte.gz"):
+        load_dataset(DataConfig(name="mnist", download=False), data_dir=tmp_path)
+
+
+def test_partial_mnist_folder_names_the_missing_file(tmp_path):
+    _fake_mnist(tmp_path, gz=True)
+    (tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\[\.gz\] missing"):
+        load_dataset(DataConfig(name="mnist", download=False), data_dir=tmp_path)
+
+
 # -- the real data sets (from ../shared/data) ------------------------------------------------
 
 
