@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .config import load_config
     from .experiment import fit_experiment, resume_experiment
-    from .plots import plot_learning_curves, plot_samples
+    from .plots import plot_learning_curves
     from .runs import RunDir
 
     if args.resume:
@@ -125,7 +125,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 run.path.rmdir()  # the data or model could not be built; leave no empty run behind
             raise
     if not args.no_figures:
-        plot_samples(exp.model, 64, exp.data.image_shape, run.path / "samples.png")
+        write_sample_figures(exp, run.path / "samples.png")
         metrics = run.read_metrics()
         if metrics:
             plot_learning_curves(metrics, run.path / "curves.png")
@@ -170,9 +170,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_sample_figures(exp, out: Path, num_samples: int = 64, seed: int = 0) -> list[Path]:
+    """Samples, reconstructions of test images and, for a model with a class latent (M2), the class grid
+    and analogies; beside ``out``. None for M1+M2, whose M2 stage models M1's codes, not images."""
+    from .experiment import conditioning_labels
+    from .plots import label_latent, plot_analogies, plot_class_grid, plot_reconstructions, plot_samples
+
+    if exp.data.extra.get("features") == "m1":
+        print("(no figures: this M2 models the latent codes of its M1 stage, not images; see RUN/m1 for M1's)")
+        return []
+
+    def beside(name: str) -> Path:
+        return out.with_name(f"{name}.png" if out.stem == "samples" else f"{out.stem}_{name}.png")
+
+    paths = [plot_samples(exp.model, num_samples, exp.data.image_shape, out, seed=seed)]
+    x, y = exp.data.head(30)
+    paths.append(
+        plot_reconstructions(exp.model, exp.guide, x, exp.data.image_shape, beside("reconstructions"), conditioning_labels(exp.model, y))
+    )
+    if label_latent(exp.model) is not None and "z" in getattr(exp.model, "latent_specs", {}):
+        paths.append(plot_class_grid(exp.model, exp.data.image_shape, beside("classes"), seed=seed))
+        if y is not None:
+            paths.append(plot_analogies(exp.model, exp.guide, x[:8], y[:8], exp.data.image_shape, beside("analogies")))
+    return paths
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .experiment import conditioning_labels, load_run
-    from .plots import plot_reconstructions, plot_samples
+    from .experiment import load_run
     from .runs import RunDir
 
     if args.num_samples < 1:
@@ -180,12 +204,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     run = RunDir.open(args.run_dir)
     exp = load_run(run, data_dir=args.data_dir, device=args.device)
     out = Path(args.out) if args.out else run.path / "samples.png"
-    plot_samples(exp.model, args.num_samples, exp.data.image_shape, out, seed=args.seed)
-    recon_path = out.with_name("reconstructions.png" if out.stem == "samples" else f"{out.stem}_reconstructions.png")
-    x, y = exp.data.head(30)
-    plot_reconstructions(exp.model, exp.guide, x, exp.data.image_shape, recon_path, conditioning_labels(exp.model, y))
-    print(f"saved {out}")
-    print(f"saved {recon_path}")
+    for path in write_sample_figures(exp, out, args.num_samples, args.seed):
+        print(f"saved {path}")
     return 0
 
 

@@ -10,6 +10,9 @@ A config file has one section per component::
     train:     TrainConfig       (ppl_vae.inference.fit)
     eval:      EvalConfig        (ppl_vae.inference.evaluate)
     kl_weighting: KLWeighting    (ppl_vae.inference.objectives: beta-VAE, KL annealing, free bits)
+    semi_supervised: SemiSupervisedConfig (ppl_vae.inference.semisup: M2 with a few labels)
+    m1:        a nested config (model, guide, estimator, optim, train, ...) of an M1 VAE trained
+               first; the main model then trains on its latent codes (M1+M2)
     run:       RunConfig         (below)
 
 Every key is checked where it enters: an unknown key, a value of the wrong
@@ -37,6 +40,7 @@ from .inference.estimators import EstimatorConfig
 from .inference.evaluate import EvalConfig
 from .inference.fit import OptimConfig, TrainConfig
 from .inference.objectives import KLWeighting
+from .inference.semisup import SemiSupervisedConfig
 from .models import MODELS
 from .spec import default_guide, validate_spec
 
@@ -80,6 +84,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     kl_weighting: KLWeighting = field(default_factory=KLWeighting)
+    semi_supervised: SemiSupervisedConfig = field(default_factory=SemiSupervisedConfig)
+    m1: Optional["ExperimentConfig"] = None  # M1+M2: the M1 stage, trained first on the same data
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -90,10 +96,13 @@ _PLAIN_SECTIONS = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "kl_weighting": KLWeighting,
+    "semi_supervised": SemiSupervisedConfig,
     "run": RunConfig,
 }
 _REGISTRY_SECTIONS = {"model": MODELS, "guide": GUIDES}
-SECTIONS = ("data", "model", "guide", "estimator", "kl_weighting", "optim", "train", "eval", "run")
+SECTIONS = ("data", "model", "guide", "estimator", "kl_weighting", "semi_supervised", "m1", "optim", "train", "eval", "run")
+#: sections an ``m1:`` stage may not have: it shares the data, and is itself unsupervised
+_NOT_IN_M1 = ("data", "semi_supervised", "m1", "run")
 
 
 def _type_name(hint: Any) -> str:
@@ -234,6 +243,17 @@ def config_from_dict(raw: Any) -> ExperimentConfig:
             if not isinstance(raw[section], (dict, type(None))):
                 raise ConfigError(f"section {section!r} must be a mapping, got {raw[section]!r}")
             kwargs[section] = _parse_component(section, raw[section])
+    if raw.get("m1") is not None:
+        m1 = raw["m1"]
+        if not isinstance(m1, dict):
+            raise ConfigError(f"section 'm1' must be a mapping of sections (model, guide, train, ...), got {m1!r}")
+        for key in m1:
+            if key in _NOT_IN_M1:
+                raise ConfigError(f"m1.{key}: the M1 stage shares the main config's {key!r}; remove it from m1")
+        try:
+            kwargs["m1"] = config_from_dict(m1)
+        except ConfigError as err:
+            raise ConfigError(f"in section m1: {err}") from None
     model, guide = kwargs.get("model"), kwargs.get("guide")
     if model is not None and model.name == "spec":
         if guide is None:
@@ -261,6 +281,10 @@ def config_to_dict(config: ExperimentConfig) -> dict:
     out: dict[str, Any] = {}
     for section in SECTIONS:
         value = getattr(config, section)
+        if section == "m1":
+            if value is not None:
+                out[section] = {k: v for k, v in config_to_dict(value).items() if k not in _NOT_IN_M1}
+            continue
         if isinstance(value, ComponentConfig):
             out[section] = {"name": value.name, **_plain(dataclasses.asdict(value.config))}
         else:

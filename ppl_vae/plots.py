@@ -31,6 +31,11 @@ __all__ = [
     "plot_reconstructions",
     "plot_learning_curves",
     "plot_comparison",
+    "label_latent",
+    "class_grid_images",
+    "analogy_images",
+    "plot_class_grid",
+    "plot_analogies",
 ]
 
 
@@ -132,6 +137,73 @@ def plot_reconstructions(
     for start in range(0, n, nrow):
         rows += [originals[start : start + nrow], recons[start : start + nrow]]
     return save_image_grid(torch.cat(rows), path, nrow=nrow, title="data (odd rows) and reconstructions (even rows)")
+
+
+# -- semi-supervised models (M2): vary the class, keep the style ------------------------------
+
+
+def label_latent(model):
+    """The spec of the model's semi-observed class latent (M2's ``y``), or None."""
+    spec = getattr(model, "spec", None)
+    return next((v for v in getattr(spec, "latents", ()) if v.observed_when_given), None)
+
+
+def _decode_with_classes(model, z: torch.Tensor, latent) -> torch.Tensor:
+    """Means of p(x|y,z) for each row of ``z`` and every class: ``(num_rows * num_classes, *x_shape)``."""
+    num_rows, num_classes = z.shape[0], latent.dim
+    classes = torch.arange(num_classes, device=z.device).repeat(num_rows)  # row-major: a row per style
+    z_rep = z.repeat_interleave(num_classes, dim=0)  # (rows * classes, z_dim)
+    values = {latent.name: model.label_value(latent, classes), "z": z_rep}
+    with eval_mode(model):
+        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(None, None, z_rep.shape[0])
+    return _site_mean(trace)
+
+
+def _require_label(model):
+    latent = label_latent(model)
+    if latent is None:
+        raise ValueError("this model has no semi-observed class latent (observed_when_given), so it cannot vary the class")
+    if "z" not in getattr(model, "latent_specs", {}):
+        raise ValueError("varying the class keeps the style z fixed, but this model has no latent named 'z'")
+    return latent
+
+
+def class_grid_images(model, num_styles: int = 8, *, seed: Optional[int] = 0) -> torch.Tensor:
+    """Conditional generation: ``num_styles`` draws z ~ p(z) (rows), each decoded with every class y (columns)."""
+    latent = _require_label(model)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    with eval_mode(model):
+        z = poutine.trace(model).get_trace(None, None, num_styles).nodes["z"]["value"]
+    return _decode_with_classes(model, z, latent)
+
+
+def analogy_images(model, guide, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Analogies: the style of each test image, z = mean of q(z|x,y) with its true class, decoded with every class.
+
+    :returns: ``(N * (1 + num_classes), *x_shape)``: per row, the image and then its style in classes 0, 1, ...
+    """
+    latent = _require_label(model)
+    with eval_mode(model, guide):
+        fn = poutine.trace(guide).get_trace(x, y).nodes["z"]["fn"]
+        try:
+            z = fn.mean
+        except NotImplementedError:
+            z = poutine.trace(guide).get_trace(x, y).nodes["z"]["value"]
+    decoded = _decode_with_classes(model, z, latent).reshape(x.shape[0], latent.dim, *x.shape[1:])
+    return torch.cat([x.unsqueeze(1).to(decoded.dtype), decoded], 1).reshape(-1, *x.shape[1:])
+
+
+def plot_class_grid(model, image_shape: Sequence[int], path: str | os.PathLike, *, num_styles: int = 8, seed: Optional[int] = 0) -> Path:
+    """A PNG: rows are styles z ~ p(z), columns are the classes y."""
+    images = _as_images(class_grid_images(model, num_styles, seed=seed), image_shape, _pixel_scale(model))
+    return save_image_grid(images, path, nrow=label_latent(model).dim, title="conditional generation: row = style z, column = class y")
+
+
+def plot_analogies(model, guide, x: torch.Tensor, y: torch.Tensor, image_shape: Sequence[int], path: str | os.PathLike) -> Path:
+    """A PNG: each row is a test image, then its style (from q(z|x,y)) decoded with every class."""
+    images = _as_images(analogy_images(model, guide, x, y), image_shape, _pixel_scale(model))
+    return save_image_grid(images, path, nrow=1 + label_latent(model).dim, title="analogies: test image, then its style in each class")
 
 
 def plot_learning_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:

@@ -14,6 +14,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 TINY_ARGS = {
     "vae_digits.py": ["--epochs", "2", "--num-train", "100", "--num-samples", "20", "--device", "cpu"],
     "custom_model.py": ["--epochs", "2", "--num-train", "100", "--num-samples", "20"],
+    "semi_supervised.py": ["--epochs", "1", "--hidden", "32", "--z-dim", "4", "--num-samples", "10"],
     "posterior_inspection.py": [
         "--epochs", "2", "--num-train", "100", "--hidden", "32", "--num-samples", "40",
         "--num-eval", "20", "--eval-samples", "20", "--device", "cpu",

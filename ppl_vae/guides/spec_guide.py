@@ -66,6 +66,28 @@ class SpecGuide(PyroModule):
             latent = self.latent_specs[f.name]
             self.heads[f.name] = make_head(f.family, self.trunks[f.name].out_dim, latent.dim, latent.temperature)
 
+    @property
+    def label_site(self) -> Optional[str]:
+        """The semi-observed latent (``observed_when_given``, e.g. M2's class ``y``), if the model has one."""
+        return next((n for n in self.order if self.latent_specs[n].observed_when_given), None)
+
+    def label_dist(self, x: torch.Tensor) -> dist.Categorical:
+        """The classifier q(y|x) of the semi-observed latent, as a Categorical over its classes.
+
+        Relaxed and one-hot guide factors give the Categorical with the same logits.
+
+        :raises ValueError: if the model has no semi-observed latent, or its guide factor conditions on
+            something other than x.
+        """
+        name = self.label_site
+        if name is None:
+            raise ValueError("this model has no semi-observed latent (observed_when_given), so its guide has no classifier")
+        conds = self.factor_specs[name].conditions_on
+        if tuple(conds) != ("x",):
+            raise ValueError(f"the classifier q({name}|x) needs guide factor {name!r} to condition on x alone, got {list(conds)}")
+        q = self.latent_dist(name, {"x": x})
+        return q if isinstance(q, dist.Categorical) else dist.Categorical(logits=q.logits)
+
     @classmethod
     def for_model(cls, model: SpecModel, spec: GuideSpec) -> "SpecGuide":
         """The guide ``spec`` compiled to pair with ``model``."""

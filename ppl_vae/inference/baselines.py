@@ -262,11 +262,14 @@ class BaselineTraceGraph_ELBO(TraceGraph_ELBO):
                 score = gsite["score_parts"].score_function
                 surrogate_elbo = surrogate_elbo + (score * cost.detach()).sum()
             missing = [name for name in baselined if name not in downstream]
-            if missing:
+            if missing and len(missing) < len(baselined):
                 raise ConfigError(
                     f"tracegraph baselines were prepared for guide sites {sorted(missing)}, which this run did not "
                     "sample; the guide's non-reparameterized sites must be the same at every step"
                 )
+            if missing:
+                # None was sampled: a semi-observed latent observed in this batch (M2's labelled points).
+                continue
             for info in self._sites:
                 gsite = guide_trace.nodes[info.name]
                 cost = downstream[info.name].sum_to(gsite["cond_indep_stack"])

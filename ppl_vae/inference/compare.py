@@ -221,8 +221,9 @@ def _run_variant(
         run.write_config(config_to_dict(config))
     t0 = time.perf_counter()
     result = fit(
-        exp.model, exp.guide, exp.data, estimator=training_estimator(config), optim=config.optim, train=config.train,
-        run_dir=run, resume=resume, callbacks=callbacks,
+        exp.model, exp.guide, exp.data, estimator=training_estimator(config, exp.data), optim=config.optim,
+        train=config.train, run_dir=run, resume=resume, callbacks=callbacks,
+        labelled_per_batch=config.semi_supervised.labelled_per_batch if config.semi_supervised.enabled else None,
     )
     wall = time.perf_counter() - t0
     history = run.read_metrics()
@@ -247,6 +248,8 @@ def _run_variant(
         "num_eval_points": ev.num_points,
         "K": ev.num_samples,
     }
+    if history and "test_accuracy" in history[-1]:
+        row["test_error"] = 1.0 - history[-1]["test_accuracy"]
     last_grad = next((h for h in reversed(history) if "encoder_grad_var" in h), None)
     if last_grad is not None:
         for key in ("encoder_grad_var", "encoder_grad_snr", "decoder_grad_var", "decoder_grad_snr"):

@@ -595,6 +595,8 @@ def check_estimator(elbo: ELBO, model: Callable, guide: Callable, x: torch.Tenso
     chain = [elbo]
     while isinstance(getattr(chain[-1], "base", None), ELBO):
         chain.append(chain[-1].base)
+    if any(getattr(e, "check_without_labels", False) for e in chain):
+        y = None  # semi-supervised: the label is a latent site only where it is hidden, the case to check
     for e in chain:
         _check_one(e, model, guide, x, y)
     for e in chain:

@@ -41,7 +41,15 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 
-__all__ = ["EvalConfig", "EvalResult", "evaluate", "log_weights", "importance_log_likelihood", "eval_mode"]
+__all__ = [
+    "EvalConfig",
+    "EvalResult",
+    "evaluate",
+    "log_weights",
+    "importance_log_likelihood",
+    "eval_mode",
+    "conditioning_labels",
+]
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,15 @@ def importance_log_likelihood(
         lse = chunk if lse is None else torch.logaddexp(lse, chunk)
         mean = mean + lw.sum(0)
     return lse - math.log(num_samples), mean / num_samples
+
+
+def conditioning_labels(model, y):
+    """The labels a model must be given to score x: ``y`` for a model conditioned on an input y, else None.
+
+    Evaluation estimates log p(x); a semi-observed label (M2) stays latent there, and models without labels
+    ignore them.
+    """
+    return y if getattr(getattr(model, "spec", None), "inputs", ()) else None
 
 
 def evaluate(

@@ -38,10 +38,12 @@ from pyro.optim.clipped_adam import ClippedAdam
 from tqdm.auto import tqdm
 
 from ..data import Batches, Dataset, check_finite
+from ..labelled import MixedBatches, is_semi_supervised
 from ..errors import CheckpointError, ConfigError, DataError, FitInterrupted, NonFiniteLossError
 from ..runs import RunDir, capture_rng_state, param_store_state, restore_param_store, restore_rng_state
 from .estimators import EstimatorConfig, check_estimator, make_estimator
-from .evaluate import EvalConfig, evaluate
+from .semisup import classification_accuracy
+from .evaluate import EvalConfig, conditioning_labels, evaluate
 
 __all__ = ["OptimConfig", "TrainConfig", "FitResult", "Callback", "fit", "resolve_device", "check_data"]
 
@@ -236,6 +238,7 @@ def fit(
     run_dir: RunDir | str | None = None,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
+    labelled_per_batch: Optional[int] = None,
 ) -> FitResult:
     r"""Train ``model`` and ``guide`` by stochastic variational inference.
 
@@ -256,6 +259,12 @@ def fit(
     :param run_dir: where to write metrics and checkpoints; None keeps everything in memory.
     :param bool resume: continue from the checkpoint in ``run_dir``.
     :param callbacks: :class:`Callback` objects.
+    :param int labelled_per_batch: semi-supervised data only (training labels -1 where hidden, see
+        :func:`ppl_vae.labelled.hide_labels`): draw :class:`~ppl_vae.labelled.MixedBatches` with this many
+        labelled points per batch. None: plain shuffled batches.
+
+    When the guide has a classifier q(y|x) (``label_dist``, as M2's) and the data have labels, every
+    epoch also records ``val_accuracy`` and ``test_accuracy``.
     :raises NonFiniteLossError: when the loss becomes NaN or inf; the last good checkpoint is kept.
     :raises FitInterrupted: on Ctrl-C or ``request_stop``, after writing a checkpoint.
     """
@@ -278,10 +287,26 @@ def fit(
     for m in modules:
         m.to(device)
     data = data.to(device)
+    semi_supervised = is_semi_supervised(data.y_train)
+    if semi_supervised and not getattr(elbo, "check_without_labels", False):
+        raise ConfigError(
+            "the training labels mark unlabelled points (-1), but the estimator is not semi-supervised; "
+            "wrap it: SemiSupervised_ELBO(make_estimator('enum'), aux_weight=...) (config section semi_supervised:)"
+        )
     check_estimator(elbo, model, guide, data.x_train[:2], None if data.y_train is None else data.y_train[:2])
-    batches = Batches(
-        data.x_train, data.y_train, batch_size=train.batch_size, seed=train.seed, binarize=data.binarize == "dynamic"
-    )
+    if semi_supervised and labelled_per_batch is not None:
+        try:
+            batches = MixedBatches(
+                data.x_train, data.y_train, batch_size=train.batch_size, labelled_per_batch=labelled_per_batch,
+                seed=train.seed, binarize=data.binarize == "dynamic",
+            )
+        except ValueError as err:
+            raise ConfigError(f"semi_supervised.labelled_per_batch: {err}") from None
+    else:
+        batches = Batches(
+            data.x_train, data.y_train, batch_size=train.batch_size, seed=train.seed, binarize=data.binarize == "dynamic"
+        )
+    has_classifier = getattr(guide, "label_site", None) is not None and data.y_val is not None
     params = _unique_parameters(*modules)
     optimizer = _make_optimizer(params, optim)
     scheduler = _make_scheduler(optimizer, optim, train.epochs)
@@ -398,18 +423,26 @@ def fit(
                         "epoch_time_s": time.perf_counter() - t0,
                     }
                     if train.val_every and (epoch + 1) % train.val_every == 0 and data.x_val.shape[0] > 0:
-                        val = evaluate(model, guide, data.x_val, data.y_val, val_config)
+                        val = evaluate(model, guide, data.x_val, conditioning_labels(model, data.y_val), val_config)
                         metrics["val_elbo"] = val.elbo
                         metrics["val_elbo_stderr"] = val.elbo_stderr
                         if train.val_num_samples > 1:
                             metrics["val_log_likelihood"] = val.log_likelihood
+                    if has_classifier:
+                        for split in ("val", "test"):
+                            if getattr(data, f"x_{split}").shape[0] and getattr(data, f"y_{split}") is not None:
+                                metrics[f"{split}_accuracy"] = classification_accuracy(
+                                    guide, getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+                                )
                     for cb in callbacks:
                         cb.on_epoch_end(ctx, metrics)
                     history.append(metrics)
                     summary = f"epoch {epoch + 1}/{train.epochs}  train loss {metrics['train_loss']:.3f}"
                     if "val_elbo" in metrics:
                         summary += f"  val ELBO {metrics['val_elbo']:.3f}"
-                    if train.progress and ("val_elbo" in metrics or epoch + 1 == train.epochs):
+                    if "test_accuracy" in metrics:
+                        summary += f"  test error {100 * (1 - metrics['test_accuracy']):.2f}%"
+                    if train.progress and ("val_elbo" in metrics or "test_accuracy" in metrics or epoch + 1 == train.epochs):
                         bar.write(summary)
                     loss_sum, points = 0.0, 0
                     if run is not None:

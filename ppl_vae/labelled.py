@@ -1,0 +1,171 @@
+"""Semi-supervised data: a labelled/unlabelled split of the training set, and mixed batches.
+
+A semi-supervised :class:`~ppl_vae.data.Dataset` is an ordinary one whose
+``y_train`` holds :data:`UNLABELLED` (-1) where a label is hidden. The
+validation and test sets keep all their labels (validation is held-out
+labelled data). :func:`hide_labels` makes such a dataset; :class:`MixedBatches`
+serves it so that an epoch passes once over the unlabelled points while the
+few labelled ones are cycled, a fixed number in every batch.
+
+References
+
+- Kingma, D. P., Rezende, D. J., Mohamed, S. & Welling, M. (2014). Semi-Supervised Learning
+  with Deep Generative Models. NeurIPS.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Iterator, Optional
+
+import torch
+
+from .data import Dataset
+from .errors import DataError
+
+__all__ = ["UNLABELLED", "balanced_label_indices", "hide_labels", "num_labelled", "is_semi_supervised", "MixedBatches"]
+
+#: the label value that marks a training point whose label is hidden
+UNLABELLED = -1
+
+
+def _check_labels(y: torch.Tensor, num_classes: int, what: str) -> None:
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise DataError(f"{what} must be integer class labels, got dtype {y.dtype}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = ((y < 0) | (y >= num_classes)).nonzero().flatten()[:5].tolist()
+        raise DataError(
+            f"{what} must lie in 0..{num_classes - 1}, but rows {bad} hold {[int(y[i]) for i in bad]}"
+        )
+
+
+def balanced_label_indices(y: torch.Tensor, num_labels: int, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``num_labels`` points, the same number from every class, chosen at random (seeded).
+
+    :param torch.Tensor y: integer labels ``(N,)`` in ``0..num_classes-1``.
+    :param int num_labels: how many to keep; a multiple of ``num_classes``.
+    :raises DataError: for labels outside the range, more labels than exist, a count that cannot be
+        balanced, or a class with too few points.
+    """
+    _check_labels(y, num_classes, "training labels")
+    if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
+        raise DataError(f"num_labels must be a positive int, got {num_labels!r}")
+    if num_labels > len(y):
+        raise DataError(f"{num_labels} labels were requested but the training set has only {len(y)} points")
+    if num_labels % num_classes:
+        raise DataError(
+            f"num_labels must be a multiple of the {num_classes} classes to balance them, got {num_labels}"
+        )
+    per_class = num_labels // num_classes
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in range(num_classes):
+        members = (y.cpu() == c).nonzero().flatten()
+        if len(members) < per_class:
+            raise DataError(
+                f"class {c} has {len(members)} training points, fewer than the {per_class} labels per class "
+                f"that num_labels={num_labels} needs" + ("" if len(members) else " (it has no labelled point at all)")
+            )
+        chosen.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def hide_labels(data: Dataset, num_labels: int, seed: int = 0) -> Dataset:
+    """A copy of ``data`` whose training labels are hidden (:data:`UNLABELLED`) except ``num_labels`` of them.
+
+    The kept labels are balanced across classes and chosen with ``seed``.
+    """
+    if data.y_train is None or data.num_classes is None:
+        raise DataError(f"dataset {data.name!r} has no class labels, so it cannot be split into labelled and unlabelled")
+    for split in ("val", "test"):
+        y = getattr(data, f"y_{split}")
+        if y is not None:
+            _check_labels(y, data.num_classes, f"{split} labels")
+    keep = balanced_label_indices(data.y_train, num_labels, data.num_classes, seed)
+    y = torch.full_like(data.y_train, UNLABELLED)
+    y[keep] = data.y_train[keep]
+    return replace(data, y_train=y)
+
+
+def is_semi_supervised(y: Optional[torch.Tensor]) -> bool:
+    """Whether a label tensor marks some points as unlabelled."""
+    return y is not None and bool((y == UNLABELLED).any())
+
+
+def num_labelled(y: Optional[torch.Tensor]) -> int:
+    """How many labels are not hidden."""
+    return 0 if y is None else int((y != UNLABELLED).sum())
+
+
+class MixedBatches:
+    """Batches of ``labelled_per_batch`` labelled points (cycled) plus unlabelled ones (each once per epoch).
+
+    The same interface as :class:`~ppl_vae.data.Batches`: epoch ``e`` is drawn from a generator
+    seeded with ``(seed, e)``, which also draws the dynamic binarization, so a resumed run sees the
+    batches an uninterrupted one would. Each batch is ``x = cat(x_labelled, x_unlabelled)`` with
+    ``y = cat(y_labelled, -1, ..., -1)``.
+
+    :param torch.Tensor x: training data ``(N, *x_shape)``.
+    :param torch.Tensor y: labels ``(N,)`` with :data:`UNLABELLED` for hidden ones.
+    :param int batch_size: points per batch, labelled and unlabelled together.
+    :param int labelled_per_batch: labelled points in each batch, ``1 <= . < batch_size``.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        batch_size: int,
+        labelled_per_batch: int,
+        seed: int = 0,
+        binarize: bool = False,
+    ) -> None:
+        if not 1 <= labelled_per_batch < batch_size:
+            raise ValueError(
+                f"labelled_per_batch must be at least 1 and below the batch size {batch_size}, got {labelled_per_batch!r}"
+            )
+        self.x, self.y = x, y
+        mask = y != UNLABELLED
+        self.labelled = mask.nonzero().flatten()
+        self.unlabelled = (~mask).nonzero().flatten()
+        if len(self.labelled) == 0:
+            raise DataError("mixed batches need labelled points, but every training label is hidden")
+        if len(self.unlabelled) == 0:
+            raise DataError("mixed batches need unlabelled points, but no training label is hidden")
+        self.batch_size = batch_size
+        self.labelled_per_batch = labelled_per_batch
+        self.unlabelled_per_batch = batch_size - labelled_per_batch
+        self.seed = seed
+        self.binarize = binarize
+        self.generator = torch.Generator(device=x.device)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.unlabelled) / self.unlabelled_per_batch)
+
+    def epoch(
+        self, epoch: int, start_step: int = 0, generator_state: Optional[torch.Tensor] = None
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Yield ``(step, x_batch, y_batch)`` for ``epoch``, starting at ``start_step``."""
+        g = self.generator
+        g.manual_seed(self.seed * 1_000_003 + epoch)
+        device = self.x.device
+        n_u, n_l = len(self.unlabelled), len(self.labelled)
+        order_u = self.unlabelled[torch.randperm(n_u, generator=g, device=device)]
+        # Enough shuffled passes over the labelled points to fill every batch of the epoch.
+        passes = math.ceil(len(self) * self.labelled_per_batch / n_l)
+        order_l = self.labelled[torch.cat([torch.randperm(n_l, generator=g, device=device) for _ in range(passes)])]
+        if generator_state is not None:
+            g.set_state(generator_state)
+        for step in range(start_step, len(self)):
+            idx = torch.cat(
+                [
+                    order_l[step * self.labelled_per_batch : (step + 1) * self.labelled_per_batch],
+                    order_u[step * self.unlabelled_per_batch : (step + 1) * self.unlabelled_per_batch],
+                ]
+            )
+            xb = self.x[idx]
+            if self.binarize:
+                xb = torch.bernoulli(xb, generator=g)
+            yield step, xb, self.y[idx]
