@@ -165,6 +165,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{args.split} set, {result.num_points} points, K={result.num_samples}:")
     print(f"  ELBO                   {result.elbo:10.3f} +- {result.elbo_stderr:.3f} nats")
     print(f"  log p(x) (importance)  {result.log_likelihood:10.3f} +- {result.log_likelihood_stderr:.3f} nats")
+    labels = getattr(exp.data, f"y_{args.split}")
+    if getattr(exp.guide, "label_site", None) is not None and labels is not None and args.split != "train":
+        from .inference.semisup import classification_accuracy
+
+        n = x.shape[0]
+        out["accuracy"] = classification_accuracy(exp.guide, x, labels[:n])
+        print(f"  classification error   {100 * (1 - out['accuracy']):9.2f} %  (argmax of q(y|x))")
     path = run.write_json(run.EVALUATION if args.split == "test" else f"evaluation_{args.split}.json", out)
     print(f"saved {path}")
     return 0
@@ -215,7 +222,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from .show import describe, render_graph
 
     config = load_config(args.config, args.overrides)
-    exp = build_experiment(config, args.data_dir)
+    m1 = None
+    if config.m1 is not None:
+        from dataclasses import replace
+
+        # The M2 stage's shapes only: an untrained M1 gives codes of the right size.
+        print("(M1+M2: showing the M2 stage, on the codes of an untrained M1; ppl-vae fit trains both)")
+        m1 = build_experiment(replace(config.m1, data=config.data), args.data_dir)
+    exp = build_experiment(config, args.data_dir, m1=m1)
     x, y = exp.data.head(4)
     print(f"{args.config}: model {config.model.name!r}, guide {config.guide.name!r}, data {config.data.name!r} "
           f"(items of shape {tuple(exp.data.x_shape)}), estimator {config.estimator.name!r}")

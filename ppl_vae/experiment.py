@@ -64,6 +64,11 @@ def m1_features(m1: Experiment, data: Dataset) -> Dataset:
 def _load_data(config: ExperimentConfig, data_dir, run_dir: RunDir | None, m1: Experiment | None) -> Dataset:
     data = load_dataset(config.data, data_dir)
     if config.m1 is not None:
+        if m1 is None and run_dir is None:
+            raise ConfigError(
+                "an M1+M2 config trains its M2 stage on the codes of a trained M1: fit it with ppl-vae fit "
+                "(which trains both stages), or pass the trained M1 experiment"
+            )
         if m1 is None:
             m1 = load_run(_m1_run(run_dir), data_dir=data_dir, device="cpu", config=replace(config.m1, data=config.data))
         data = m1_features(m1, data)

@@ -380,3 +380,25 @@ def test_m1_m2_trains_both_stages_and_resumes_without_retraining_m1(tmp_path):
     assert exp.data.x_train.shape[1] == 6  # M2 saw M1's 6-dim codes
     assert "test_accuracy" in run.read_metrics()[-1]
     assert load_run(run, device="cpu").data.x_test.shape == (exp.data.x_test.shape[0], 6)
+
+
+def test_cli_evaluate_reports_the_classification_error_of_a_semi_supervised_run(tmp_path, capsys):
+    import json
+
+    from ppl_vae.cli import main
+
+    config = config_from_dict(_tiny_config(tmp_path, epochs=1))
+    run = RunDir.create(tmp_path, "m2")
+    fit_experiment(config, run)
+    assert main(["evaluate", str(run.path), "--num-samples", "5", "--device", "cpu"]) == 0
+    assert "classification error" in capsys.readouterr().out
+    saved = json.loads((run.path / "evaluation.json").read_text())
+    loaded = load_run(run, device="cpu")
+    assert saved["accuracy"] == pytest.approx(classification_accuracy(loaded.guide, loaded.data.x_test, loaded.data.y_test))
+
+
+def test_an_m1_m2_config_cannot_be_built_without_its_trained_m1(tmp_path):
+    from ppl_vae.experiment import build_experiment
+
+    with pytest.raises(ConfigError, match="trains its M2 stage on the codes of a trained M1"):
+        build_experiment(config_from_dict(_tiny_config(tmp_path, m1=True)))
