@@ -48,9 +48,13 @@ VARIANTS = {
 }
 
 
-def summarize(run_path: Path, label: Optional[str] = None) -> dict:
-    """Test error after the last epoch and at the best-validation epoch, from a run's metrics.jsonl."""
+def summarize(run_path: Path, label: Optional[str] = None, at_epoch: Optional[int] = None) -> dict:
+    """Test error after the last epoch (or epoch ``at_epoch``) and at the best-validation epoch up to it."""
     rows = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if at_epoch is not None:
+        if not rows or rows[-1]["epoch"] < at_epoch:
+            raise SystemExit(f"{run_path} has not reached epoch {at_epoch}")
+        rows = [r for r in rows if r["epoch"] <= at_epoch]
     if not rows or "test_accuracy" not in rows[-1]:
         raise SystemExit(f"{run_path} has no test accuracy in its metrics; is it a semi-supervised run?")
     best = max(rows, key=lambda r: (r["val_accuracy"], -r["epoch"]))
@@ -94,11 +98,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default="runs/bench_ssvae", help="folder of the runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--summarize", nargs="+", metavar="RUN_DIR", help="only tabulate finished runs")
+    parser.add_argument("--at-epoch", type=int, default=None, help="with --summarize: as after this epoch (same budget)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.summarize:
-        results = [summarize(Path(p)) for p in args.summarize]
+        results = [summarize(Path(p), at_epoch=args.at_epoch) for p in args.summarize]
     else:
         from ppl_vae.config import load_config
         from ppl_vae.experiment import fit_experiment
