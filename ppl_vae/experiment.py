@@ -14,8 +14,8 @@ import pyro
 from pyro.nn import PyroModule
 
 from .config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
-from .data import Dataset, load_dataset
-from .errors import CheckpointError, ConfigError
+from .data import Dataset, _bernoulli, load_dataset
+from .errors import CheckpointError, ConfigError, FitInterrupted
 from .guides import make_guide
 from .inference.evaluate import conditioning_labels
 from .inference.fit import Callback, FitResult, fit, resolve_device
@@ -53,10 +53,18 @@ def _m1_run(run_dir: RunDir | None, create: bool = False) -> RunDir | None:
 
 
 def m1_features(m1: Experiment, data: Dataset) -> Dataset:
-    """``data`` with every split replaced by M1's latent codes (the posterior mean of z), labels kept."""
+    """``data`` with every split replaced by M1's latent codes (the posterior mean of z), labels kept.
+
+    With dynamic binarization the training images are grey levels while the validation and test
+    images are one fixed binary draw; the training images are encoded from a fixed binary draw too,
+    so that M2's classifier sees codes of the same kind in training and at test time.
+    """
     from .inference.semisup import latent_codes
 
-    codes = {f"x_{s}": latent_codes(m1.guide, getattr(m1.data, f"x_{s}")).cpu() for s in ("train", "val", "test")}
+    images = {s: getattr(m1.data, f"x_{s}") for s in ("train", "val", "test")}
+    if m1.data.binarize == "dynamic":
+        images["train"] = _bernoulli(images["train"], 0)
+    codes = {f"x_{s}": latent_codes(m1.guide, x).cpu() for s, x in images.items()}
     dim = codes["x_train"].shape[1]
     return replace(data, **codes, binarize="none", image_shape=(1, 1, dim), extra={**data.extra, "features": "m1"})
 
@@ -146,7 +154,15 @@ def fit_experiment(
         m1_resume = bool(resume and m1_run is not None and m1_run.has_checkpoint())
         if config.train.progress:
             print("stage 1 of 2: M1, trained on the images" + (" (resumed)" if m1_resume else ""))
-        m1, _ = fit_experiment(m1_config, m1_run, data_dir=data_dir, resume=m1_resume)
+        try:
+            m1, _ = fit_experiment(m1_config, m1_run, data_dir=data_dir, resume=m1_resume)
+        except FitInterrupted:
+            if run_dir is None:
+                raise
+            # The run to resume is the M1+M2 run, which goes on to stage 2; its m1/ folder alone would not.
+            raise FitInterrupted(
+                f"interrupted in stage 1 (M1); resume with: ppl-vae fit --resume {run_dir.path}", str(run_dir.path)
+            ) from None
         if config.train.progress:
             print("stage 2 of 2: M2, trained on M1's latent codes")
     exp = build_experiment(config, data_dir, run_dir=run_dir, m1=m1)

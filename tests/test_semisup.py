@@ -402,3 +402,42 @@ def test_an_m1_m2_config_cannot_be_built_without_its_trained_m1(tmp_path):
 
     with pytest.raises(ConfigError, match="trains its M2 stage on the codes of a trained M1"):
         build_experiment(config_from_dict(_tiny_config(tmp_path, m1=True)))
+
+
+def test_m1_codes_of_training_images_come_from_binary_images_as_the_test_codes_do():
+    # With dynamic binarization the training images are grey levels and the test images one binary draw;
+    # M2's classifier must see codes of binary images in both, or it is tested on another kind of input.
+    import pyro.distributions as dist
+
+    from ppl_vae.experiment import Experiment, m1_features
+
+    def identity_guide(x, y=None):  # q(z|x) with mean x: the codes are the encoded images themselves
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x, 1.0).to_event(1))
+
+    grey = torch.rand(40, 5) * 0.8 + 0.1
+    data = Dataset("grey", grey, torch.bernoulli(grey[:10]), torch.bernoulli(grey[:10]), binarize="dynamic")
+    m1 = Experiment(config=None, data=data, model=None, guide=identity_guide)
+    codes = m1_features(m1, data)
+    for split in ("train", "val", "test"):
+        x = getattr(codes, f"x_{split}")
+        assert set(x.unique().tolist()) <= {0.0, 1.0}, split
+    assert codes.binarize == "none"
+    plain = replace(data, binarize="none")  # grey levels throughout: used as they are
+    assert torch.equal(m1_features(replace(m1, data=plain), plain).x_train, grey)
+
+
+def test_an_interruption_in_the_m1_stage_says_to_resume_the_m1_m2_run(tmp_path, monkeypatch):
+    import ppl_vae.experiment as experiment
+    from ppl_vae.errors import FitInterrupted
+
+    run = RunDir.create(tmp_path, "m1m2")
+
+    def interrupted_fit(*args, run_dir=None, **kwargs):
+        raise FitInterrupted(f"interrupted at epoch 1, step 3; resume with: ppl-vae fit --resume {run_dir.path}", str(run_dir.path))
+
+    monkeypatch.setattr(experiment, "fit", interrupted_fit)
+    with pytest.raises(FitInterrupted) as err:
+        fit_experiment(config_from_dict(_tiny_config(tmp_path, m1=True)), run)
+    assert err.value.run_dir == str(run.path)  # the M1+M2 run, not its m1/ stage folder
+    assert str(err.value).endswith(f"--resume {run.path}") and "stage 1" in str(err.value)
