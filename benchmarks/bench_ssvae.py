@@ -18,6 +18,7 @@ Run from the repository root::
     python benchmarks/bench_ssvae.py --data-dir /work/shared/data --epochs 40
     python benchmarks/bench_ssvae.py --variants enum --epochs 1 --num-labels 100   # quick look
     python benchmarks/bench_ssvae.py --summarize runs/bench_ssvae/enum ...          # table of finished runs
+    python benchmarks/bench_ssvae.py --epochs 20 --set "kl_weighting.sites=[z]" --set kl_weighting.beta=2
 
 References
 
@@ -97,6 +98,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="runs/bench_ssvae", help="folder of the runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config value in every variant, e.g. --set kl_weighting.beta=2 (repeatable)",
+    )
     parser.add_argument("--summarize", nargs="+", metavar="RUN_DIR", help="only tabulate finished runs")
     parser.add_argument("--at-epoch", type=int, default=None, help="with --summarize: as after this epoch (same budget)")
     args = parser.parse_args(argv)
@@ -115,6 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if name == "relaxed" and args.num_labels != 100:
                 print("skipping relaxed: it ships for 100 labels only")
                 continue
+            overrides = overrides + args.overrides
             config = load_config(ROOT / "configs" / file.format(n=args.num_labels), overrides + [f"train.epochs={args.epochs}"])
             path = Path(args.out) / name
             path.mkdir(parents=True, exist_ok=True)
