@@ -93,6 +93,16 @@ class Dataset:
     binarize: str = "none"
     num_classes: Optional[int] = None
     extra: dict = field(default_factory=dict)
+    # Per-point standard deviations (N, *x_shape): training inputs get Gaussian noise of this scale afresh in
+    # every batch (M1's posterior spread, so that M2 trains on draws z1 ~ q(z1|x) as in Kingma et al. 2014).
+    train_noise: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.train_noise is not None and self.train_noise.shape != self.x_train.shape:
+            raise DataError(
+                f"train_noise must have the training data's shape {tuple(self.x_train.shape)}, "
+                f"got {tuple(self.train_noise.shape)}"
+            )
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -103,7 +113,7 @@ class Dataset:
         """Return a copy with every tensor on ``device``."""
         moved = {
             k: (getattr(self, k).to(device) if getattr(self, k) is not None else None)
-            for k in ("x_train", "x_val", "x_test", "y_train", "y_val", "y_test")
+            for k in ("x_train", "x_val", "x_test", "y_train", "y_val", "y_test", "train_noise")
         }
         return replace(self, **moved)
 
@@ -344,6 +354,15 @@ def load_dataset(config: DataConfig | None = None, data_dir: str | os.PathLike |
     )
 
 
+def perturb(xb: torch.Tensor, g: torch.Generator, binarize: bool, noise: Optional[torch.Tensor]) -> torch.Tensor:
+    """A training batch as the model sees it: a fresh Bernoulli draw and/or fresh Gaussian noise, from ``g``."""
+    if binarize:
+        xb = torch.bernoulli(xb, generator=g)
+    if noise is not None:
+        xb = xb + noise * torch.randn(xb.shape, generator=g, device=xb.device, dtype=xb.dtype)
+    return xb
+
+
 class Batches:
     """Shuffled mini-batches of a device-resident tensor, taken by index.
 
@@ -357,6 +376,7 @@ class Batches:
     :param int batch_size: points per batch (the last batch may be smaller).
     :param int seed: base seed of the per-epoch generators.
     :param bool binarize: draw ``x ~ Bernoulli(x)`` afresh for every batch.
+    :param noise: per-point standard deviations ``(N, *x_shape)``: draw ``x ~ Normal(x, noise)`` afresh for every batch.
     """
 
     def __init__(
@@ -368,6 +388,7 @@ class Batches:
         seed: int = 0,
         binarize: bool = False,
         shuffle: bool = True,
+        noise: Optional[torch.Tensor] = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -376,6 +397,7 @@ class Batches:
         self.seed = seed
         self.binarize = binarize
         self.shuffle = shuffle
+        self.noise = noise
         self.generator = torch.Generator(device=x.device)
 
     def __len__(self) -> int:
@@ -394,7 +416,5 @@ class Batches:
         for step in range(start_step, len(self)):
             lo, hi = step * self.batch_size, min(n, (step + 1) * self.batch_size)
             idx = order[lo:hi] if order is not None else slice(lo, hi)
-            xb = self.x[idx]
-            if self.binarize:
-                xb = torch.bernoulli(xb, generator=g)
+            xb = perturb(self.x[idx], g, self.binarize, None if self.noise is None else self.noise[idx])
             yield step, xb, (self.y[idx] if self.y is not None else None)

@@ -53,20 +53,27 @@ def _m1_run(run_dir: RunDir | None, create: bool = False) -> RunDir | None:
 
 
 def m1_features(m1: Experiment, data: Dataset) -> Dataset:
-    """``data`` with every split replaced by M1's latent codes (the posterior mean of z), labels kept.
+    """``data`` with every split replaced by M1's latent codes, labels kept.
 
-    With dynamic binarization the training images are grey levels while the validation and test
-    images are one fixed binary draw; the training images are encoded from a fixed binary draw too,
-    so that M2's classifier sees codes of the same kind in training and at test time.
+    The validation and test codes are the posterior means of z. The training codes are draws
+    z1 ~ q(z1|x), made afresh in every batch as in Kingma et al. (2014): the posterior means plus
+    Gaussian noise of the posterior's spread (``Dataset.train_noise``). Without that noise, M2 fits a
+    fixed set of points and its learned likelihood scale shrinks without end. With dynamic
+    binarization the training images are grey levels while the validation and test images are one
+    fixed binary draw; the training images are encoded from a fixed binary draw too, so that M2's
+    classifier sees codes of the same kind in training and at test time.
     """
     from .inference.semisup import latent_codes
 
     images = {s: getattr(m1.data, f"x_{s}") for s in ("train", "val", "test")}
     if m1.data.binarize == "dynamic":
         images["train"] = _bernoulli(images["train"], 0)
-    codes = {f"x_{s}": latent_codes(m1.guide, x).cpu() for s, x in images.items()}
+    codes = {f"x_{s}": latent_codes(m1.guide, x).cpu() for s, x in images.items() if s != "train"}
+    codes["x_train"], spread = (t.cpu() for t in latent_codes(m1.guide, images["train"], with_stddev=True))
     dim = codes["x_train"].shape[1]
-    return replace(data, **codes, binarize="none", image_shape=(1, 1, dim), extra={**data.extra, "features": "m1"})
+    return replace(
+        data, **codes, train_noise=spread, binarize="none", image_shape=(1, 1, dim), extra={**data.extra, "features": "m1"}
+    )
 
 
 def _load_data(config: ExperimentConfig, data_dir, run_dir: RunDir | None, m1: Experiment | None) -> Dataset:

@@ -21,7 +21,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from .data import Dataset
+from .data import Dataset, perturb
 from .errors import DataError
 
 __all__ = ["UNLABELLED", "balanced_label_indices", "hide_labels", "num_labelled", "is_semi_supervised", "MixedBatches"]
@@ -110,6 +110,8 @@ class MixedBatches:
     :param torch.Tensor y: labels ``(N,)`` with :data:`UNLABELLED` for hidden ones.
     :param int batch_size: points per batch, labelled and unlabelled together.
     :param int labelled_per_batch: labelled points in each batch, ``1 <= . < batch_size``.
+    :param bool binarize: draw ``x ~ Bernoulli(x)`` afresh for every batch.
+    :param noise: per-point standard deviations: draw ``x ~ Normal(x, noise)`` afresh for every batch.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class MixedBatches:
         labelled_per_batch: int,
         seed: int = 0,
         binarize: bool = False,
+        noise: Optional[torch.Tensor] = None,
     ) -> None:
         if not 1 <= labelled_per_batch < batch_size:
             raise ValueError(
@@ -139,6 +142,7 @@ class MixedBatches:
         self.unlabelled_per_batch = batch_size - labelled_per_batch
         self.seed = seed
         self.binarize = binarize
+        self.noise = noise
         self.generator = torch.Generator(device=x.device)
 
     def __len__(self) -> int:
@@ -165,7 +169,5 @@ class MixedBatches:
                     order_u[step * self.unlabelled_per_batch : (step + 1) * self.unlabelled_per_batch],
                 ]
             )
-            xb = self.x[idx]
-            if self.binarize:
-                xb = torch.bernoulli(xb, generator=g)
+            xb = perturb(self.x[idx], g, self.binarize, None if self.noise is None else self.noise[idx])
             yield step, xb, self.y[idx]

@@ -423,6 +423,7 @@ def test_m1_codes_of_training_images_come_from_binary_images_as_the_test_codes_d
         x = getattr(codes, f"x_{split}")
         assert set(x.unique().tolist()) <= {0.0, 1.0}, split
     assert codes.binarize == "none"
+    assert torch.equal(codes.train_noise, torch.ones(40, 5))  # M2 trains on draws from q(z1|x): its spread goes along
     plain = replace(data, binarize="none")  # grey levels throughout: used as they are
     assert torch.equal(m1_features(replace(m1, data=plain), plain).x_train, grey)
 
@@ -441,3 +442,34 @@ def test_an_interruption_in_the_m1_stage_says_to_resume_the_m1_m2_run(tmp_path, 
         fit_experiment(config_from_dict(_tiny_config(tmp_path, m1=True)), run)
     assert err.value.run_dir == str(run.path)  # the M1+M2 run, not its m1/ stage folder
     assert str(err.value).endswith(f"--resume {run.path}") and "stage 1" in str(err.value)
+
+
+def test_mixed_batches_add_fresh_noise_of_each_points_own_scale_and_resume_exactly():
+    torch.manual_seed(0)
+    x = torch.zeros(60, 3)
+    y = torch.full((60,), UNLABELLED)
+    y[:10] = torch.arange(10)
+    noise = torch.zeros(60, 3)
+    noise[30:] = 2.0  # half the points are noisy, the others not at all
+    batches = MixedBatches(x, y, batch_size=12, labelled_per_batch=2, seed=5, noise=noise)
+    first = list(batches.epoch(0))
+    second = list(batches.epoch(1))
+    seen = torch.cat([xb for _, xb, _ in first])
+    quiet = torch.cat([xb[(yb >= 0) | (xb == 0).all(-1)] for _, xb, yb in first])
+    assert (quiet == 0).all()
+    noisy = seen[(seen != 0).any(-1)]
+    assert len(noisy) == 30  # each unlabelled noisy point once per epoch
+    assert 1.5 < noisy.std().item() < 2.5  # 90 draws of N(0, 2^2); fixed seed
+    assert not torch.equal(first[0][1], second[0][1]) or not torch.equal(first[1][1], second[1][1])
+    # resuming at step 2 with the generator state saved there gives the same batches
+    it = batches.epoch(0)
+    next(it), next(it)
+    state = batches.generator.get_state()
+    resumed = list(MixedBatches(x, y, batch_size=12, labelled_per_batch=2, seed=5, noise=noise).epoch(0, 2, state))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(first[2:], resumed))
+
+
+def test_train_noise_must_match_the_training_data():
+    x = torch.rand(8, 3)
+    with pytest.raises(DataError, match=r"train_noise must have the training data's shape \(8, 3\)"):
+        Dataset("codes", x, x[:0], x[:0], train_noise=torch.ones(8, 2))

@@ -298,13 +298,14 @@ def fit(
         try:
             batches = MixedBatches(
                 data.x_train, data.y_train, batch_size=train.batch_size, labelled_per_batch=labelled_per_batch,
-                seed=train.seed, binarize=data.binarize == "dynamic",
+                seed=train.seed, binarize=data.binarize == "dynamic", noise=data.train_noise,
             )
         except ValueError as err:
             raise ConfigError(f"semi_supervised.labelled_per_batch: {err}") from None
     else:
         batches = Batches(
-            data.x_train, data.y_train, batch_size=train.batch_size, seed=train.seed, binarize=data.binarize == "dynamic"
+            data.x_train, data.y_train, batch_size=train.batch_size, seed=train.seed,
+            binarize=data.binarize == "dynamic", noise=data.train_noise,
         )
     has_classifier = getattr(guide, "label_site", None) is not None and data.y_val is not None
     params = _unique_parameters(*modules)

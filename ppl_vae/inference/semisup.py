@@ -214,15 +214,19 @@ def classification_accuracy(guide: Callable, x: torch.Tensor, y: torch.Tensor, b
 
 
 @torch.no_grad()
-def latent_codes(guide: Callable, x: torch.Tensor, site: str = "z", batch_size: int = 1000) -> torch.Tensor:
+def latent_codes(
+    guide: Callable, x: torch.Tensor, site: str = "z", batch_size: int = 1000, with_stddev: bool = False
+):
     """The posterior mean of latent ``site`` under the guide, ``(N, latent_dim)``: M1's features for M2.
+
+    With ``with_stddev``, returns ``(mean, stddev)``, the posterior's standard deviations alongside.
 
     :raises ConfigError: if the guide has no such site or its distribution has no closed-form mean (a flow).
     """
     from .evaluate import eval_mode
     from .tracing import dry_trace
 
-    out = []
+    out, spread = [], []
     modules = [guide] if isinstance(guide, torch.nn.Module) else []
     with eval_mode(*modules):
         for lo in range(0, len(x), batch_size):
@@ -231,10 +235,12 @@ def latent_codes(guide: Callable, x: torch.Tensor, site: str = "z", batch_size: 
                 raise ConfigError(f"the M1 guide has no latent site {site!r} to encode the data with")
             try:
                 mean = trace.nodes[site]["fn"].mean
+                if with_stddev:
+                    spread.append(trace.nodes[site]["fn"].stddev.reshape(mean.shape[0], -1))
             except NotImplementedError:
                 raise ConfigError(
                     f"the M1 guide's q({site}|x) ({type(trace.nodes[site]['fn']).__name__}) has no closed-form mean; "
                     "use a normal guide for the M1 stage"
                 ) from None
             out.append(mean.reshape(mean.shape[0], -1))
-    return torch.cat(out)
+    return (torch.cat(out), torch.cat(spread)) if with_stddev else torch.cat(out)
