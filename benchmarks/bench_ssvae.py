@@ -19,6 +19,7 @@ Run from the repository root::
     python benchmarks/bench_ssvae.py --variants enum --epochs 1 --num-labels 100   # quick look
     python benchmarks/bench_ssvae.py --summarize runs/bench_ssvae/enum ...          # table of finished runs
     python benchmarks/bench_ssvae.py --epochs 20 --set "kl_weighting.sites=[z]" --set kl_weighting.beta=2
+    python benchmarks/bench_ssvae.py --baselines --m1-run runs/bench_ssvae/m1m2/m1     # the labels alone
 
 References
 
@@ -76,6 +77,42 @@ def summarize(run_path: Path, label: Optional[str] = None, at_epoch: Optional[in
     }
 
 
+def labels_only_baselines(num_labels: int, data_dir: Optional[str], m1_run: Optional[str] = None) -> list[dict]:
+    """Test error of classifiers fitted to the labelled points alone: what the unlabelled data must beat.
+
+    Logistic regression and 1-nearest-neighbour (scikit-learn) on the same balanced, seeded labels as the
+    M2 runs: on the images (one fixed binary draw, as the test images), and, with ``m1_run``, on the
+    codes of that trained M1 stage (``RUN/m1`` of an M1+M2 run).
+    """
+    from dataclasses import replace
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from ppl_vae.config import load_config
+    from ppl_vae.data import load_dataset
+    from ppl_vae.experiment import load_run, m1_features
+    from ppl_vae.labelled import hide_labels
+
+    config = load_config(ROOT / "configs" / f"m1m2_mnist_{num_labels}.yaml")
+    images = load_dataset(config.data, data_dir)
+    inputs = [("images", images)]
+    if m1_run:
+        m1 = load_run(m1_run, data_dir=data_dir, device="cpu", config=replace(config.m1, data=config.data))
+        inputs.append(("M1 codes", m1_features(m1, images)))
+    rows = []
+    for name, data in inputs:
+        kept = hide_labels(data, num_labels, config.semi_supervised.seed).y_train >= 0
+        x = data.x_train[kept]
+        if data.binarize == "dynamic":
+            x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+        for clf in (LogisticRegression(max_iter=2000), KNeighborsClassifier(n_neighbors=1)):
+            clf.fit(x.numpy(), data.y_train[kept].numpy())
+            error = 1 - clf.score(data.x_test.numpy(), data.y_test.numpy())
+            rows.append({"inputs": name, "classifier": type(clf).__name__, "test_error": error})
+    return rows
+
+
 def table(results: Sequence[dict]) -> str:
     lines = [
         "| variant | epochs | test error, last epoch | test error at best val epoch (epoch) | training time | s/epoch |",
@@ -102,11 +139,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override a config value in every variant, e.g. --set kl_weighting.beta=2 (repeatable)",
     )
+    parser.add_argument(
+        "--baselines", action="store_true",
+        help="only fit classifiers to the labelled points alone (logistic regression, 1-NN), on the images "
+        "and, with --m1-run, on M1's codes",
+    )
+    parser.add_argument("--m1-run", default=None, help="with --baselines: a trained M1 stage (RUN/m1 of an M1+M2 run)")
     parser.add_argument("--summarize", nargs="+", metavar="RUN_DIR", help="only tabulate finished runs")
     parser.add_argument("--at-epoch", type=int, default=None, help="with --summarize: as after this epoch (same budget)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.baselines:
+        for row in labels_only_baselines(args.num_labels, args.data_dir, args.m1_run):
+            print(f"{row['inputs']:>9} {row['classifier']:>20}: test error {100 * row['test_error']:.2f}%")
+        return 0
     if args.summarize:
         results = [summarize(Path(p), at_epoch=args.at_epoch) for p in args.summarize]
     else:
