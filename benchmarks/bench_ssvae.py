@@ -103,9 +103,7 @@ def labels_only_baselines(num_labels: int, data_dir: Optional[str], m1_run: Opti
     rows = []
     for name, data in inputs:
         kept = hide_labels(data, num_labels, config.semi_supervised.seed).y_train >= 0
-        x = data.x_train[kept]
-        if data.binarize == "dynamic":
-            x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+        x = data.fixed_train_x()[kept]
         for clf in (LogisticRegression(max_iter=2000), KNeighborsClassifier(n_neighbors=1)):
             clf.fit(x.numpy(), data.y_train[kept].numpy())
             error = 1 - clf.score(data.x_test.numpy(), data.y_test.numpy())

@@ -117,14 +117,20 @@ class Dataset:
         }
         return replace(self, **moved)
 
+    def fixed_train_x(self, n: Optional[int] = None) -> torch.Tensor:
+        """The first ``n`` (default all) training inputs as one fixed draw, of the same kind as the test inputs.
+
+        With dynamic binarization the stored training images are grey levels; this returns one seeded
+        binary draw of them, as the validation and test images are.
+        """
+        x = self.x_train if n is None else self.x_train[:n]
+        return _bernoulli(x, 0) if self.binarize == "dynamic" else x
+
     def head(self, n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The first ``n`` points as the model sees them: test data, else binarized training data."""
         if self.x_test.shape[0]:
             return self.x_test[:n], None if self.y_test is None else self.y_test[:n]
-        x = self.x_train[:n]
-        if self.binarize == "dynamic":
-            x = _bernoulli(x, 0)
-        return x, None if self.y_train is None else self.y_train[:n]
+        return self.fixed_train_x(n), None if self.y_train is None else self.y_train[:n]
 
     @classmethod
     def from_tensor(cls, x: torch.Tensor, name: str = "tensor") -> "Dataset":

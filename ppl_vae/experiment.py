@@ -14,7 +14,7 @@ import pyro
 from pyro.nn import PyroModule
 
 from .config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
-from .data import Dataset, _bernoulli, load_dataset
+from .data import Dataset, load_dataset
 from .errors import CheckpointError, ConfigError, FitInterrupted
 from .guides import make_guide
 from .inference.evaluate import conditioning_labels
@@ -65,11 +65,8 @@ def m1_features(m1: Experiment, data: Dataset) -> Dataset:
     """
     from .inference.semisup import latent_codes
 
-    images = {s: getattr(m1.data, f"x_{s}") for s in ("train", "val", "test")}
-    if m1.data.binarize == "dynamic":
-        images["train"] = _bernoulli(images["train"], 0)
-    codes = {f"x_{s}": latent_codes(m1.guide, x).cpu() for s, x in images.items() if s != "train"}
-    codes["x_train"], spread = (t.cpu() for t in latent_codes(m1.guide, images["train"], with_stddev=True))
+    codes = {f"x_{s}": latent_codes(m1.guide, getattr(m1.data, f"x_{s}")).cpu() for s in ("val", "test")}
+    codes["x_train"], spread = (t.cpu() for t in latent_codes(m1.guide, m1.data.fixed_train_x(), with_stddev=True))
     dim = codes["x_train"].shape[1]
     return replace(
         data, **codes, train_noise=spread, binarize="none", image_shape=(1, 1, dim), extra={**data.extra, "features": "m1"}
