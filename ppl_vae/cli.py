@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="experiment config (YAML); omit with --resume")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+                   help="override a config value, e.g. --set train.epochs=5, or the M1 stage of an "
+                        "M1+M2 config: --set m1.train.epochs=50 (repeatable)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--out-dir", help="parent folder of the run directory (default: run.out_dir, 'runs')")
     p.add_argument("--name", help="run directory name (default: <config name>-<timestamp>)")

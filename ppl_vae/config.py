@@ -293,26 +293,44 @@ def config_to_dict(config: ExperimentConfig) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw config mapping.
+
+    An M1+M2 config's first stage takes ``m1.section.key=value``, e.g. ``m1.train.epochs=100``.
+    """
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
         path, text = item.split("=", 1)
         parts = path.strip().split(".")
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        section, key = parts
-        if section not in SECTIONS:
-            raise ConfigError(f"--set {item!r}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+        if not all(parts) or not (len(parts) == 2 or (len(parts) == 3 and parts[0] == "m1")):
+            raise ConfigError(f"--set expects section.key=value (or m1.section.key=value), got {item!r}")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: cannot parse the value: {err}") from None
-        current = raw.get(section) or {}
-        if not isinstance(current, dict):
-            raise ConfigError(f"section {section!r} must be a mapping, got {current!r}")
-        raw[section] = {**current, key: value}
+        if len(parts) == 3:
+            m1 = raw.get("m1")
+            if not isinstance(m1, dict):
+                raise ConfigError(f"--set {item!r}: this config has no m1 section (only M1+M2 configs do)")
+            _, section, key = parts
+            valid = [s for s in SECTIONS if s not in _NOT_IN_M1]
+            if section not in valid:
+                raise ConfigError(f"--set {item!r}: unknown m1 section {section!r}; valid: {', '.join(valid)}")
+            raw["m1"] = _set_key(dict(m1), section, key, value, f"m1.{section}")
+            continue
+        section, key = parts
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+        raw = _set_key(raw, section, key, value, section)
+    return raw
+
+
+def _set_key(raw: dict, section: str, key: str, value: Any, where: str) -> dict:
+    current = raw.get(section) or {}
+    if not isinstance(current, dict):
+        raise ConfigError(f"section {where!r} must be a mapping, got {current!r}")
+    raw[section] = {**current, key: value}
     return raw
 
 

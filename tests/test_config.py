@@ -181,7 +181,9 @@ def test_later_overrides_win_and_the_input_is_not_changed():
     "override, expected",
     [
         ("train.epochs", "--set expects section.key=value, got 'train.epochs'"),
-        ("epochs=3", "--set expects section.key=value, got 'epochs=3'"),
+        ("epochs=3", "--set expects section.key=value (or m1.section.key=value), got 'epochs=3'"),
+        ("m1.train.epochs=3", "this config has no m1 section"),
+        ("model.train.epochs=3", "--set expects section.key=value"),
         ("train.epochs.x=3", "--set expects section.key=value"),
         ("train.=3", "--set expects section.key=value"),
         ("trian.epochs=3", "unknown section 'trian'"),
@@ -192,6 +194,17 @@ def test_malformed_override(override, expected):
     with pytest.raises(ConfigError) as info:
         apply_overrides({}, [override])
     assert expected in str(info.value)
+
+
+def test_m1_stage_overrides():
+    raw = {"m1": {"train": {"epochs": 20, "seed": 1}}, "train": {"epochs": 30}}
+    out = apply_overrides(raw, ["m1.train.epochs=100", "m1.optim.lr=0.01", "train.epochs=5"])
+    assert out == {"m1": {"train": {"epochs": 100, "seed": 1}, "optim": {"lr": 0.01}}, "train": {"epochs": 5}}
+    assert raw["m1"]["train"]["epochs"] == 20
+    with pytest.raises(ConfigError, match="unknown m1 section 'data'; valid: model, guide"):
+        apply_overrides(raw, ["m1.data.name=digits"])
+    config = load_config(CONFIGS / "m1m2_mnist_100.yaml", ["m1.train.epochs=7"])
+    assert config.m1.train.epochs == 7 and config.train.epochs == 30
 
 
 def test_override_with_a_bad_value_names_the_key():
