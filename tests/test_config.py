@@ -204,7 +204,7 @@ def test_m1_stage_overrides():
     with pytest.raises(ConfigError, match="unknown m1 section 'data'; valid: model, guide"):
         apply_overrides(raw, ["m1.data.name=digits"])
     config = load_config(CONFIGS / "m1m2_mnist_100.yaml", ["m1.train.epochs=7"])
-    assert config.m1.train.epochs == 7 and config.train.epochs == 30
+    assert config.m1.train.epochs == 7 and config.train.epochs == 100
 
 
 def test_override_with_a_bad_value_names_the_key():
