@@ -207,10 +207,19 @@ def plot_analogies(model, guide, x: torch.Tensor, y: torch.Tensor, image_shape: 
 
 
 def plot_learning_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Training loss and validation -ELBO per epoch, in nats per data point."""
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    """Training loss and validation -ELBO per epoch, in nats per data point; for a semi-supervised
+    run, a second panel with the classification error of q(y|x) on the validation and test sets."""
+    errors = {
+        name: [(m["epoch"], 100 * (1 - m[key])) for m in metrics if key in m]
+        for name, key in (("validation", "val_accuracy"), ("test", "test_accuracy"))
+    }
+    errors = {name: points for name, points in errors.items() if points}
+    fig, axes = plt.subplots(1, 2 if errors else 1, figsize=(10 if errors else 5, 3.5), dpi=100, squeeze=False)
+    ax = axes[0, 0]
     epochs = [m["epoch"] for m in metrics]
-    ax.plot(epochs, [m["train_loss"] for m in metrics], label="train loss (-ELBO)")
+    # a semi-supervised objective also holds the labelled terms and the auxiliary classification term
+    loss_label = "train loss (incl. labelled and aux. terms)" if errors else "train loss (-ELBO)"
+    ax.plot(epochs, [m["train_loss"] for m in metrics], label=loss_label)
     val = [(m["epoch"], -m["val_elbo"]) for m in metrics if "val_elbo" in m]
     if val:
         ax.plot(*zip(*val), marker="o", markersize=3, label="validation -ELBO")
@@ -218,6 +227,14 @@ def plot_learning_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Pa
     ax.set_ylabel("nats per data point")
     ax.legend()
     ax.grid(alpha=0.3)
+    if errors:
+        ax = axes[0, 1]
+        for name, points in errors.items():
+            ax.plot(*zip(*points), label=f"{name} error")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("classification error of q(y|x), %")
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -473,3 +473,18 @@ def test_train_noise_must_match_the_training_data():
     x = torch.rand(8, 3)
     with pytest.raises(DataError, match=r"train_noise must have the training data's shape \(8, 3\)"):
         Dataset("codes", x, x[:0], x[:0], train_noise=torch.ones(8, 2))
+
+
+def test_learning_curves_of_a_semi_supervised_run_add_a_panel_of_classification_error(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from ppl_vae.plots import plot_learning_curves
+
+    rows = [
+        {"epoch": e, "train_loss": 100.0 - e, "val_elbo": -90.0 + e, "val_accuracy": 0.7 + e / 100, "test_accuracy": 0.69 + e / 100}
+        for e in (1, 2, 3)
+    ]
+    plain = [{k: v for k, v in r.items() if not k.endswith("accuracy")} for r in rows]
+    wide = plt.imread(plot_learning_curves(rows, tmp_path / "semisup.png"))
+    narrow = plt.imread(plot_learning_curves(plain, tmp_path / "plain.png"))
+    assert wide.shape[0] == narrow.shape[0] and wide.shape[1] == 2 * narrow.shape[1]
