@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 
 import ppl_vae
 from ppl_vae.inference.diagnostics import posterior_inference_data
-from ppl_vae.spec import GuideFactorSpec, GuideSpec, LatentSpec, ModelSpec, NetSpec, ObservedSpec, compile_spec
+from ppl_vae.compile import compile_spec
+from ppl_vae.spec import GuideFactorSpec, GuideSpec, LatentSpec, ModelSpec, NetSpec, ObservedSpec
 
 
 def _arviz():

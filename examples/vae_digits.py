@@ -26,8 +26,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parser.parse_args(argv)
 
     data = ppl_vae.load_dataset(ppl_vae.DataConfig(name="digits", binarize="dynamic", num_train=args.num_train))
-    model = ppl_vae.make_model("vae", data.x_shape, ppl_vae.VAEConfig(latent_dim=8, hidden_dims=(128,)))
-    guide = ppl_vae.make_guide("normal", model, ppl_vae.NormalGuideConfig(hidden_dims=(128,)))
+    model = ppl_vae.make_model("vae", data.x_shape, ppl_vae.VAEConfig(latent_dim=8, hidden_dims=(128,)), seed=0)
+    guide = ppl_vae.make_guide("amortized", model, ppl_vae.AmortizedGuideConfig(hidden_dims=(128,)), seed=1)
     result = ppl_vae.fit(
         model,
         guide,
@@ -38,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     )
     test = ppl_vae.evaluate(model, guide, data.x_test.to(result.device), config=ppl_vae.EvalConfig(num_samples=args.num_samples))
     print(f"test ELBO {test.elbo:.2f} +- {test.elbo_stderr:.2f}, log p(x) {test.log_likelihood:.2f} +- {test.log_likelihood_stderr:.2f} nats")
-    plot_samples(model, 64, data.image_shape, args.out)
+    plot_samples(model, 64, data.image_shape, args.out, x_shape=data.x_shape)
     print(f"saved {args.out}")
     return {"train_loss": result.final_loss, "elbo": test.elbo, "log_likelihood": test.log_likelihood}
 

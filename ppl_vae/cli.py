@@ -8,11 +8,13 @@ interrupted fit prints how to resume and exits with status 130.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 from . import __version__
 from .errors import FitInterrupted, PplVaeError
@@ -48,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a model and guide from a YAML config", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="experiment config (YAML); omit with --resume")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=5, or the M1 stage of an "
-                        "M1+M2 config: --set m1.train.epochs=50 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override any config value, e.g. --set train.epochs=5, --set model.latents.z.dim=16 (a "
+                        "list item by name or index), --set m1.train.epochs=50 (an M1+M2 config's first stage); repeatable")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--out-dir", help="parent folder of the run directory (default: run.out_dir, 'runs')")
     p.add_argument("--name", help="run directory name (default: <config name>-<timestamp>)")
@@ -59,19 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="print a config's compiled model and guide: sites, shapes, dependencies")
     p.add_argument("config", help="experiment config (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override any config value, e.g. model.latents.z.dim=16 (repeatable)")
     p.add_argument("--graph", default="model.png", help="where to draw the model graph when graphviz is installed (default: model.png)")
     _add_data_dir(p)
 
     for kind, flag, example in (
         ("estimators", "--estimators", "trace,tracegraph:avg,tracegraph:nn,enum,iwae:5"),
-        ("guides", "--guides", "normal,fullcov,iaf:4,planar:8"),
+        ("guides", "--heads", "normal,fullcov,iaf:4,planar:8 (or a guide by import path, my_models:guide)"),
     ):
         p = sub.add_parser(f"compare-{kind}", help=f"train one config with several {kind} side by side")
         p.add_argument("config", help="experiment config (YAML)")
         p.add_argument(flag, dest="variants", required=True, help=f"comma-separated list, e.g. {example}")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                        help="override a config value for every variant (repeatable)")
         p.add_argument("--out", help="output folder (default: runs/compare-<kind>-<config>-<timestamp>); "
                        "rerun with the same folder to continue an interrupted comparison")
@@ -99,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _new_run(args: argparse.Namespace, config) -> "RunDir":
+    """The path of a new run directory (not created: fit creates it once everything has been checked)."""
+    from .runs import RunDir
+
+    root = Path(args.out_dir or config.run.out_dir)
+    base = args.name or config.run.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = root / base, 1
+    while path.exists():
+        i += 1
+        path = root / f"{base}-{i}"
+    return RunDir(path)
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .config import load_config
     from .experiment import fit_experiment, resume_experiment
@@ -115,18 +130,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if not args.config:
             raise PplVaeError("fit needs a CONFIG.yaml (or --resume RUN_DIR)")
         config = load_config(args.config, args.overrides)
-        out_dir = args.out_dir or config.run.out_dir
-        name = args.name or config.run.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = RunDir.create(out_dir, name)
+        run = _new_run(args, config)
         print(f"run directory: {run.path}")
         try:
             exp, result = fit_experiment(config, run, data_dir=args.data_dir)
-        except PplVaeError:
-            if not any(run.path.iterdir()):
-                run.path.rmdir()  # the data or model could not be built; leave no empty run behind
+        except (PplVaeError, KeyboardInterrupt) as err:
+            if run.path.is_dir() and not isinstance(err, FitInterrupted) and not any(run.path.rglob(run.CHECKPOINT)):
+                shutil.rmtree(run.path)  # refused before training: leave nothing behind
             raise
     if not args.no_figures:
-        write_sample_figures(exp, run.path / "samples.png")
+        for path in write_sample_figures(exp, run.path / "samples.png"):
+            print(f"saved {path}")
         metrics = run.read_metrics()
         if metrics:
             plot_learning_curves(metrics, run.path / "curves.png")
@@ -144,34 +158,29 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from .contract import Classifier, capability
     from .experiment import conditioning_labels, load_run
     from .inference.evaluate import evaluate
+    from .inference.semisup import classification_accuracy
     from .runs import RunDir
 
+    for flag, value in (("--num-samples", args.num_samples), ("--max-points", args.max_points)):
+        if value is not None and value < 1:
+            raise PplVaeError(f"{flag} must be a positive int, got {value}")
     run = RunDir.open(args.run_dir)
     exp = load_run(run, data_dir=args.data_dir, device=args.device)
-    config = exp.config.eval
-    if args.num_samples is not None:
-        if args.num_samples < 1:
-            raise PplVaeError(f"--num-samples must be a positive int, got {args.num_samples}")
-        config = replace(config, num_samples=args.num_samples)
-    x = getattr(exp.data, f"x_{args.split}")
-    y = conditioning_labels(exp.model, getattr(exp.data, f"y_{args.split}"))
-    if args.max_points is not None:
-        x = x[: args.max_points]
-        y = y[: args.max_points] if y is not None else None
+    config = exp.config.eval if args.num_samples is None else replace(exp.config.eval, num_samples=args.num_samples)
+    x = getattr(exp.data, f"x_{args.split}")[: args.max_points]
+    labels = getattr(exp.data, f"y_{args.split}")
+    labels = None if labels is None else labels[: args.max_points]
     t0 = time.perf_counter()
-    result = evaluate(exp.model, exp.guide, x, y, config, progress=True)
+    result = evaluate(exp.model, exp.guide, x, conditioning_labels(exp.model, labels), config, progress=True)
     out = {"split": args.split, **result.as_dict(), "seconds": round(time.perf_counter() - t0, 2)}
     print(f"{args.split} set, {result.num_points} points, K={result.num_samples}:")
     print(f"  ELBO                   {result.elbo:10.3f} +- {result.elbo_stderr:.3f} nats")
     print(f"  log p(x) (importance)  {result.log_likelihood:10.3f} +- {result.log_likelihood_stderr:.3f} nats")
-    labels = getattr(exp.data, f"y_{args.split}")
-    if getattr(exp.guide, "label_site", None) is not None and labels is not None and args.split != "train":
-        from .inference.semisup import classification_accuracy
-
-        n = x.shape[0]
-        out["accuracy"] = classification_accuracy(exp.guide, x, labels[:n])
+    if capability(exp.guide, Classifier) is not None and labels is not None and args.split != "train":
+        out["accuracy"] = classification_accuracy(exp.guide, x, labels)
         print(f"  classification error   {100 * (1 - out['accuracy']):9.2f} %  (argmax of q(y|x))")
     path = run.write_json(run.EVALUATION if args.split == "test" else f"evaluation_{args.split}.json", out)
     print(f"saved {path}")
@@ -179,28 +188,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def write_sample_figures(exp, out: Path, num_samples: int = 64, seed: int = 0) -> list[Path]:
-    """Samples, reconstructions of test images and, for a model with a class latent (M2), the class grid
-    and analogies; beside ``out``. None for M1+M2, whose M2 stage models M1's codes, not images."""
-    from .experiment import conditioning_labels
-    from .plots import label_latent, plot_analogies, plot_class_grid, plot_reconstructions, plot_samples
+    """The run's figures beside ``out`` (see :func:`ppl_vae.plots.run_figures`); prints why any were skipped."""
+    from .plots import run_figures
 
-    if exp.data.extra.get("features") == "m1":
-        print("(no figures: this M2 models the latent codes of its M1 stage, not images; see RUN/m1 for M1's)")
-        return []
-
-    def beside(name: str) -> Path:
-        return out.with_name(f"{name}.png" if out.stem == "samples" else f"{out.stem}_{name}.png")
-
-    paths = [plot_samples(exp.model, num_samples, exp.data.image_shape, out, seed=seed)]
-    x, y = exp.data.head(30)
-    paths.append(
-        plot_reconstructions(exp.model, exp.guide, x, exp.data.image_shape, beside("reconstructions"), conditioning_labels(exp.model, y))
-    )
-    if label_latent(exp.model) is not None and "z" in getattr(exp.model, "latent_specs", {}):
-        paths.append(plot_class_grid(exp.model, exp.data.image_shape, beside("classes"), seed=seed))
-        if y is not None:
-            paths.append(plot_analogies(exp.model, exp.guide, x[:8], y[:8], exp.data.image_shape, beside("analogies")))
-    return paths
+    figures = run_figures(exp, out, num_samples, seed)
+    for reason in figures.skipped:
+        print(f"(skipped: {reason})")
+    return figures.paths
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -220,16 +214,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     from .config import load_config
     from .experiment import build_experiment
-    from .show import describe, render_graph
+    from .show import describe, estimator_report, render_graph
+    from .stages import stage_config
 
     config = load_config(args.config, args.overrides)
     m1 = None
     if config.m1 is not None:
-        from dataclasses import replace
-
         # The M2 stage's shapes only: an untrained M1 gives codes of the right size.
         print("(M1+M2: showing the M2 stage, on the codes of an untrained M1; ppl-vae fit trains both)")
-        m1 = build_experiment(replace(config.m1, data=config.data), args.data_dir)
+        m1 = build_experiment(stage_config(config), args.data_dir)
     exp = build_experiment(config, args.data_dir, m1=m1)
     x, y = exp.data.head(4)
     print(f"{args.config}: model {config.model.name!r}, guide {config.guide.name!r}, data {config.data.name!r} "
@@ -238,6 +231,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     n_guide = sum(p.numel() for p in exp.guide.parameters())
     print(f"parameters: model {n_model:,}, guide {n_guide:,}\n")
     print(describe(exp.model, exp.guide, x, y))
+    print("\nEstimators (what fit would accept):")
+    for name, refusal in estimator_report(exp.model, exp.guide, x[:2], None if y is None else y[:2]).items():
+        mark = "*" if name == config.estimator.name else " "
+        print(f" {mark}{name:15s} {'ok' if refusal is None else 'refused: ' + refusal}")
     graph = render_graph(exp.model, x, y, args.graph)
     if graph is None:
         print("\n(graphviz is not installed, so no graph picture was drawn; the tables above show the structure)")
@@ -247,8 +244,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import CompareConfig, compare_estimators, compare_guides
     from .config import load_config
-    from .inference.compare import CompareConfig, compare_estimators, compare_guides
 
     kind = args.command.split("-", 1)[1]
     config = load_config(args.config, args.overrides)
@@ -272,16 +269,31 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+class _PrintHandler(logging.Handler):
+    """Prints the library's progress messages (the ``ppl_vae`` logger) as plain lines on stdout."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record))
+
+
+def _log_to_stdout() -> None:
+    logger = logging.getLogger("ppl_vae")
+    if not any(isinstance(h, _PrintHandler) for h in logger.handlers):
+        logger.addHandler(_PrintHandler())
+    logger.setLevel(logging.INFO)
+
+
 COMMANDS = {"fit": _cmd_fit, "compare-estimators": _cmd_compare, "compare-guides": _cmd_compare, "show": _cmd_show, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ppl-vae``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 0
+    _log_to_stdout()
     try:
         return COMMANDS[args.command](args)
     except FitInterrupted as err:

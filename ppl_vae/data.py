@@ -18,18 +18,20 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from .errors import DataError
+from .schema import BOOL, NON_NEGATIVE_INT, POSITIVE_INT, check_fields, check_value, documented, number_in, one_of, optional
 
 __all__ = [
     "DATASETS",
     "BINARIZE_MODES",
     "DataConfig",
     "Dataset",
+    "BatchSampler",
     "Batches",
     "check_finite",
     "default_data_dir",
@@ -45,31 +47,41 @@ BINARIZE_MODES = ("dynamic", "static", "none")
 _BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
 
 
+@documented
 @dataclass(frozen=True)
 class DataConfig:
     """Which data to train on and how to split and binarize it (the ``data:`` section)."""
 
-    name: str = "digits"  # one of DATASETS
-    data_dir: Optional[str] = None  # where the files are; None: $PPL_VAE_DATA, else ~/.cache/ppl_vae
-    binarize: str = "dynamic"  # one of BINARIZE_MODES
-    val_fraction: float = 0.1  # share of the training set held out for validation (binarized_mnist: its own split)
-    test_fraction: float = 0.2  # share held out for testing where a dataset has no test split (digits)
-    num_train: Optional[int] = None  # keep only this many training points (quick experiments); None keeps all
-    flatten: bool = True  # items as vectors (MLPs) rather than (channels, height, width) images
-    seed: int = 0  # seeds the splits and static binarization
-    download: bool = True  # fetch missing MNIST files (never needed for digits)
+    #: one of DATASETS
+    name: str = "digits"
+    #: where the files are; None: $PPL_VAE_DATA, else ~/.cache/ppl_vae
+    data_dir: str | None = None
+    #: one of BINARIZE_MODES
+    binarize: str = "dynamic"
+    #: share of the training set held out for validation (binarized_mnist: its own split)
+    val_fraction: float = 0.1
+    #: share held out for testing where a dataset has no test split (digits)
+    test_fraction: float = 0.2
+    #: keep only this many training points (quick experiments); None keeps all
+    num_train: int | None = None
+    #: items as vectors (MLPs) rather than (channels, height, width) images
+    flatten: bool = True
+    #: seeds the splits and static binarization
+    seed: int = 0
+    #: fetch missing MNIST files (never needed for digits)
+    download: bool = True
 
     def __post_init__(self) -> None:
-        if self.name not in DATASETS:
-            raise ValueError(f"data.name must be one of {list(DATASETS)}, got {self.name!r}")
-        if self.binarize not in BINARIZE_MODES:
-            raise ValueError(f"data.binarize must be one of {list(BINARIZE_MODES)}, got {self.binarize!r}")
-        for key in ("val_fraction", "test_fraction"):
-            value = getattr(self, key)
-            if not 0 <= value < 1:
-                raise ValueError(f"data.{key} must be in [0, 1), got {value!r}")
-        if self.num_train is not None and self.num_train < 1:
-            raise ValueError(f"data.num_train must be a positive int or null, got {self.num_train!r}")
+        fraction = number_in(0, 1, high_open=True)
+        check_fields(
+            self, "data", name=one_of(DATASETS), binarize=one_of(BINARIZE_MODES), val_fraction=fraction,
+            test_fraction=fraction, num_train=optional(POSITIVE_INT), flatten=BOOL, seed=NON_NEGATIVE_INT, download=BOOL,
+        )
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"data.val_fraction + data.test_fraction must be below 1 (the rest is the training set), got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
 
 
 @dataclass
@@ -86,16 +98,17 @@ class Dataset:
     x_train: torch.Tensor
     x_val: torch.Tensor
     x_test: torch.Tensor
-    y_train: Optional[torch.Tensor] = None
-    y_val: Optional[torch.Tensor] = None
-    y_test: Optional[torch.Tensor] = None
+    y_train: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
     image_shape: tuple[int, int, int] = (1, 1, 1)  # (channels, height, width), for figures
     binarize: str = "none"
-    num_classes: Optional[int] = None
-    extra: dict = field(default_factory=dict)
+    num_classes: int | None = None
     # Per-point standard deviations (N, *x_shape): training inputs get Gaussian noise of this scale afresh in
     # every batch (M1's posterior spread, so that M2 trains on draws z1 ~ q(z1|x) as in Kingma et al. 2014).
-    train_noise: Optional[torch.Tensor] = None
+    train_noise: torch.Tensor | None = None
+    # How load_dataset made it; None for data passed as a tensor, which only Python can pass again.
+    config: DataConfig | None = None
 
     def __post_init__(self) -> None:
         if self.train_noise is not None and self.train_noise.shape != self.x_train.shape:
@@ -117,16 +130,16 @@ class Dataset:
         }
         return replace(self, **moved)
 
-    def fixed_train_x(self, n: Optional[int] = None) -> torch.Tensor:
+    def fixed_train_x(self, n: int | None = None, seed: int = 0) -> torch.Tensor:
         """The first ``n`` (default all) training inputs as one fixed draw, of the same kind as the test inputs.
 
-        With dynamic binarization the stored training images are grey levels; this returns one seeded
-        binary draw of them, as the validation and test images are.
+        With dynamic binarization the stored training images are grey levels; this returns one binary draw
+        of them (seeded by ``seed``), as the validation and test images are.
         """
         x = self.x_train if n is None else self.x_train[:n]
-        return _bernoulli(x, 0) if self.binarize == "dynamic" else x
+        return _bernoulli(x, seed) if self.binarize == "dynamic" else x
 
-    def head(self, n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def head(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The first ``n`` points as the model sees them: test data, else binarized training data."""
         if self.x_test.shape[0]:
             return self.x_test[:n], None if self.y_test is None else self.y_test[:n]
@@ -356,11 +369,12 @@ def load_dataset(config: DataConfig | None = None, data_dir: str | os.PathLike |
         image_shape=image_shape,  # type: ignore[arg-type]
         binarize=binarize,
         num_classes=num_classes,
+        config=config,
         **parts,
     )
 
 
-def perturb(xb: torch.Tensor, g: torch.Generator, binarize: bool, noise: Optional[torch.Tensor]) -> torch.Tensor:
+def perturb(xb: torch.Tensor, g: torch.Generator, binarize: bool, noise: torch.Tensor | None) -> torch.Tensor:
     """A training batch as the model sees it: a fresh Bernoulli draw and/or fresh Gaussian noise, from ``g``."""
     if binarize:
         xb = torch.bernoulli(xb, generator=g)
@@ -369,17 +383,17 @@ def perturb(xb: torch.Tensor, g: torch.Generator, binarize: bool, noise: Optiona
     return xb
 
 
-class Batches:
-    """Shuffled mini-batches of a device-resident tensor, taken by index.
+class BatchSampler:
+    """The shared machinery of training batches: a per-epoch generator, and the perturbation of each batch.
 
-    The order of epoch ``e`` comes from a generator seeded with ``(seed, e)``,
-    and the same generator draws the dynamic binarization, so a run that
-    resumes at (epoch, step) with the saved generator state sees exactly the
-    batches an uninterrupted run would have seen.
+    The order of epoch ``e`` comes from a generator seeded with ``(seed, e)``, and the same generator
+    draws the dynamic binarization and the noise, so a run that resumes at (epoch, step) with the saved
+    generator state (:attr:`generator`) sees exactly the batches an uninterrupted run would have seen.
+    Subclasses say how an epoch is cut into batches (:meth:`order` and :meth:`batch_index`).
 
     :param torch.Tensor x: data, ``(N, *x_shape)``, on the training device.
     :param y: labels ``(N,)`` or None.
-    :param int batch_size: points per batch (the last batch may be smaller).
+    :param int batch_size: points per batch.
     :param int seed: base seed of the per-epoch generators.
     :param bool binarize: draw ``x ~ Bernoulli(x)`` afresh for every batch.
     :param noise: per-point standard deviations ``(N, *x_shape)``: draw ``x ~ Normal(x, noise)`` afresh for every batch.
@@ -388,39 +402,63 @@ class Batches:
     def __init__(
         self,
         x: torch.Tensor,
-        y: Optional[torch.Tensor] = None,
+        y: torch.Tensor | None = None,
         *,
         batch_size: int,
         seed: int = 0,
         binarize: bool = False,
-        shuffle: bool = True,
-        noise: Optional[torch.Tensor] = None,
+        noise: torch.Tensor | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_value("batch_size", batch_size, POSITIVE_INT)
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.seed = seed
         self.binarize = binarize
-        self.shuffle = shuffle
         self.noise = noise
         self.generator = torch.Generator(device=x.device)
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def order(self, g: torch.Generator) -> object:
+        """What an epoch's batches are taken from, drawn from the epoch's generator."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def batch_index(self, order: object, step: int) -> torch.Tensor | slice:
+        """The indices of batch ``step`` of an epoch."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def epoch(
+        self, epoch: int, start_step: int = 0, generator_state: torch.Tensor | None = None
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+        """Yield ``(step, x_batch, y_batch)`` for ``epoch``, starting at ``start_step``."""
+        g = self.generator
+        g.manual_seed(self.seed * 1_000_003 + epoch)
+        order = self.order(g)
+        if generator_state is not None:
+            g.set_state(generator_state)
+        for step in range(start_step, len(self)):
+            idx = self.batch_index(order, step)
+            xb = perturb(self.x[idx], g, self.binarize, None if self.noise is None else self.noise[idx])
+            yield step, xb, (self.y[idx] if self.y is not None else None)
+
+
+class Batches(BatchSampler):
+    """Shuffled mini-batches of a device-resident tensor, taken by index (the last batch may be smaller).
+
+    :param bool shuffle: a fresh order every epoch (else the stored order).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | None = None, *, shuffle: bool = True, **kwargs) -> None:
+        super().__init__(x, y, **kwargs)
+        self.shuffle = shuffle
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
 
-    def epoch(
-        self, epoch: int, start_step: int = 0, generator_state: Optional[torch.Tensor] = None
-    ) -> Iterator[tuple[int, torch.Tensor, Optional[torch.Tensor]]]:
-        """Yield ``(step, x_batch, y_batch)`` for ``epoch``, starting at ``start_step``."""
-        g = self.generator
-        g.manual_seed(self.seed * 1_000_003 + epoch)
-        n = len(self.x)
-        order = torch.randperm(n, generator=g, device=self.x.device) if self.shuffle else None
-        if generator_state is not None:
-            g.set_state(generator_state)
-        for step in range(start_step, len(self)):
-            lo, hi = step * self.batch_size, min(n, (step + 1) * self.batch_size)
-            idx = order[lo:hi] if order is not None else slice(lo, hi)
-            xb = perturb(self.x[idx], g, self.binarize, None if self.noise is None else self.noise[idx])
-            yield step, xb, (self.y[idx] if self.y is not None else None)
+    def order(self, g: torch.Generator) -> torch.Tensor | None:
+        return torch.randperm(len(self.x), generator=g, device=self.x.device) if self.shuffle else None
+
+    def batch_index(self, order: torch.Tensor | None, step: int) -> torch.Tensor | slice:
+        lo, hi = step * self.batch_size, min(len(self.x), (step + 1) * self.batch_size)
+        return order[lo:hi] if order is not None else slice(lo, hi)

@@ -31,22 +31,26 @@ from torch.nn import functional as F
 
 from .nets import check_choice
 
-__all__ = ["FAMILIES", "Family", "get_family", "inverse_softplus"]
+__all__ = ["FAMILIES", "MIN_SCALE", "Family", "get_family", "inverse_softplus"]
 
-_MIN_SCALE = 1e-4
+#: The floor added to every softplus-parameterised scale (guides, learned priors, likelihoods), so a
+#: scale never reaches 0.
+MIN_SCALE = 1e-4
 
 
-def inverse_softplus(value: float) -> float:
-    """The x with softplus(x) = value."""
+def inverse_softplus(value: float | torch.Tensor) -> float | torch.Tensor:
+    """The x with softplus(x) = value, for a number or a tensor of positive values."""
+    if torch.is_tensor(value):
+        return value + torch.log(-torch.expm1(-value))
     return value + math.log(-math.expm1(-value))
 
 
-_UNIT_SCALE_RAW = inverse_softplus(1.0 - _MIN_SCALE)  # softplus(raw) + min_scale = 1
+_UNIT_SCALE_RAW = inverse_softplus(1.0 - MIN_SCALE)  # softplus(raw) + min_scale = 1
 
 
-def _split_loc_scale(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_loc_scale(params: torch.Tensor, min_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     loc, raw = params.chunk(2, dim=-1)
-    return loc, F.softplus(raw) + _MIN_SCALE
+    return loc, F.softplus(raw) + min_scale
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class Family:
     reparameterized: bool  # has rsample, so pathwise gradients apply
     real_support: bool  # values are unconstrained real vectors (guides may use any real family or a flow)
     params_per_dim: int  # unconstrained parameters per unit of dim
-    build: Callable[[torch.Tensor, int, float], dist.TorchDistribution]  # (params, dim, temperature) -> distribution
+    build: Callable[[torch.Tensor, int, float, float], dist.TorchDistribution]  # (params, dim, temperature, min_scale) -> distribution
     default_params: Callable[[int], torch.Tensor]  # unconstrained parameters of the standard prior
 
     def num_params(self, dim: int) -> int:
@@ -75,26 +79,32 @@ class Family:
             return F.one_hot(value.long(), dim).to(torch.get_default_dtype())
         return value
 
-    def dist(self, params: torch.Tensor, dim: int, temperature: float = 0.5) -> dist.TorchDistribution:
-        """The distribution with unconstrained ``params`` of shape ``(..., num_params(dim))``."""
+    def dist(
+        self, params: torch.Tensor, dim: int, temperature: float = 0.5, min_scale: float = MIN_SCALE
+    ) -> dist.TorchDistribution:
+        """The distribution with unconstrained ``params`` of shape ``(..., num_params(dim))``.
+
+        :param float temperature: relaxed families: the Gumbel-softmax temperature.
+        :param float min_scale: loc-scale families: the floor added to the scale.
+        """
         if params.shape[-1] != self.num_params(dim):
             raise ValueError(
                 f"{self.name} family of dim {dim} needs {self.num_params(dim)} parameters, got shape {tuple(params.shape)}"
             )
-        return self.build(params, dim, temperature)
+        return self.build(params, dim, temperature, min_scale)
 
     def event_shape(self, dim: int) -> tuple[int, ...]:
         """Event shape of a value."""
         return () if self.name == "categorical" else (dim,)
 
 
-def _normal(params, dim, temperature):
-    loc, scale = _split_loc_scale(params)
+def _normal(params, dim, temperature, min_scale):
+    loc, scale = _split_loc_scale(params, min_scale)
     return dist.Normal(loc, scale).to_event(1)
 
 
-def _laplace(params, dim, temperature):
-    loc, scale = _split_loc_scale(params)
+def _laplace(params, dim, temperature, min_scale):
+    loc, scale = _split_loc_scale(params, min_scale)
     return dist.Laplace(loc, scale).to_event(1)
 
 
@@ -108,16 +118,16 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("normal", False, True, True, 2, _normal, _loc_scale_default),
         Family("laplace", False, True, True, 2, _laplace, _loc_scale_default),
-        Family("bernoulli", True, False, False, 1, lambda p, d, t: dist.Bernoulli(logits=p).to_event(1), torch.zeros),
-        Family("categorical", True, False, False, 1, lambda p, d, t: dist.Categorical(logits=p), torch.zeros),
-        Family("onehot_categorical", True, False, False, 1, lambda p, d, t: dist.OneHotCategorical(logits=p), torch.zeros),
+        Family("bernoulli", True, False, False, 1, lambda p, d, t, s: dist.Bernoulli(logits=p).to_event(1), torch.zeros),
+        Family("categorical", True, False, False, 1, lambda p, d, t, s: dist.Categorical(logits=p), torch.zeros),
+        Family("onehot_categorical", True, False, False, 1, lambda p, d, t, s: dist.OneHotCategorical(logits=p), torch.zeros),
         Family(
             "relaxed_categorical",
             False,
             True,
             False,
             1,
-            lambda p, d, t: dist.RelaxedOneHotCategorical(torch.tensor(t, dtype=p.dtype, device=p.device), logits=p),
+            lambda p, d, t, s: dist.RelaxedOneHotCategorical(torch.tensor(t, dtype=p.dtype, device=p.device), logits=p),
             torch.zeros,
         ),
     )

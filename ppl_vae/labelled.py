@@ -17,14 +17,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Iterator, Optional
 
 import torch
 
-from .data import Dataset, perturb
+from .data import BatchSampler, Dataset
 from .errors import DataError
 
-__all__ = ["UNLABELLED", "balanced_label_indices", "hide_labels", "num_labelled", "is_semi_supervised", "MixedBatches"]
+__all__ = [
+    "UNLABELLED",
+    "MixedBatches",
+    "balanced_label_indices",
+    "hide_labels",
+    "is_semi_supervised",
+    "num_labelled",
+    "training_example",
+]
 
 #: the label value that marks a training point whose label is hidden
 UNLABELLED = -1
@@ -88,48 +95,44 @@ def hide_labels(data: Dataset, num_labels: int, seed: int = 0) -> Dataset:
     return replace(data, y_train=y)
 
 
-def is_semi_supervised(y: Optional[torch.Tensor]) -> bool:
+def is_semi_supervised(y: torch.Tensor | None) -> bool:
     """Whether a label tensor marks some points as unlabelled."""
     return y is not None and bool((y == UNLABELLED).any())
 
 
-def num_labelled(y: Optional[torch.Tensor]) -> int:
+def training_example(data: Dataset, num_points: int = 2) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A few training points to check and trace a model on: labelled ones when some labels are hidden."""
+    if data.y_train is None:
+        return data.x_train[:num_points], None
+    if is_semi_supervised(data.y_train):
+        index = (data.y_train != UNLABELLED).nonzero().flatten()[:num_points]
+        return data.x_train[index], data.y_train[index]
+    return data.x_train[:num_points], data.y_train[:num_points]
+
+
+def num_labelled(y: torch.Tensor | None) -> int:
     """How many labels are not hidden."""
     return 0 if y is None else int((y != UNLABELLED).sum())
 
 
-class MixedBatches:
+class MixedBatches(BatchSampler):
     """Batches of ``labelled_per_batch`` labelled points (cycled) plus unlabelled ones (each once per epoch).
 
-    The same interface as :class:`~ppl_vae.data.Batches`: epoch ``e`` is drawn from a generator
-    seeded with ``(seed, e)``, which also draws the dynamic binarization, so a resumed run sees the
-    batches an uninterrupted one would. Each batch is ``x = cat(x_labelled, x_unlabelled)`` with
-    ``y = cat(y_labelled, -1, ..., -1)``.
+    Each batch is ``x = cat(x_labelled, x_unlabelled)`` with ``y = cat(y_labelled, -1, ..., -1)``; seeding
+    and resuming are those of every :class:`~ppl_vae.data.BatchSampler`.
 
     :param torch.Tensor x: training data ``(N, *x_shape)``.
     :param torch.Tensor y: labels ``(N,)`` with :data:`UNLABELLED` for hidden ones.
     :param int batch_size: points per batch, labelled and unlabelled together.
     :param int labelled_per_batch: labelled points in each batch, ``1 <= . < batch_size``.
-    :param bool binarize: draw ``x ~ Bernoulli(x)`` afresh for every batch.
-    :param noise: per-point standard deviations: draw ``x ~ Normal(x, noise)`` afresh for every batch.
     """
 
-    def __init__(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        batch_size: int,
-        labelled_per_batch: int,
-        seed: int = 0,
-        binarize: bool = False,
-        noise: Optional[torch.Tensor] = None,
-    ) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, labelled_per_batch: int, **kwargs) -> None:
         if not 1 <= labelled_per_batch < batch_size:
             raise ValueError(
                 f"labelled_per_batch must be at least 1 and below the batch size {batch_size}, got {labelled_per_batch!r}"
             )
-        self.x, self.y = x, y
+        super().__init__(x, y, batch_size=batch_size, **kwargs)
         mask = y != UNLABELLED
         self.labelled = mask.nonzero().flatten()
         self.unlabelled = (~mask).nonzero().flatten()
@@ -137,37 +140,26 @@ class MixedBatches:
             raise DataError("mixed batches need labelled points, but every training label is hidden")
         if len(self.unlabelled) == 0:
             raise DataError("mixed batches need unlabelled points, but no training label is hidden")
-        self.batch_size = batch_size
         self.labelled_per_batch = labelled_per_batch
         self.unlabelled_per_batch = batch_size - labelled_per_batch
-        self.seed = seed
-        self.binarize = binarize
-        self.noise = noise
-        self.generator = torch.Generator(device=x.device)
 
     def __len__(self) -> int:
         return math.ceil(len(self.unlabelled) / self.unlabelled_per_batch)
 
-    def epoch(
-        self, epoch: int, start_step: int = 0, generator_state: Optional[torch.Tensor] = None
-    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """Yield ``(step, x_batch, y_batch)`` for ``epoch``, starting at ``start_step``."""
-        g = self.generator
-        g.manual_seed(self.seed * 1_000_003 + epoch)
+    def order(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.x.device
         n_u, n_l = len(self.unlabelled), len(self.labelled)
         order_u = self.unlabelled[torch.randperm(n_u, generator=g, device=device)]
         # Enough shuffled passes over the labelled points to fill every batch of the epoch.
         passes = math.ceil(len(self) * self.labelled_per_batch / n_l)
         order_l = self.labelled[torch.cat([torch.randperm(n_l, generator=g, device=device) for _ in range(passes)])]
-        if generator_state is not None:
-            g.set_state(generator_state)
-        for step in range(start_step, len(self)):
-            idx = torch.cat(
-                [
-                    order_l[step * self.labelled_per_batch : (step + 1) * self.labelled_per_batch],
-                    order_u[step * self.unlabelled_per_batch : (step + 1) * self.unlabelled_per_batch],
-                ]
-            )
-            xb = perturb(self.x[idx], g, self.binarize, None if self.noise is None else self.noise[idx])
-            yield step, xb, self.y[idx]
+        return order_l, order_u
+
+    def batch_index(self, order: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
+        order_l, order_u = order
+        return torch.cat(
+            [
+                order_l[step * self.labelled_per_batch : (step + 1) * self.labelled_per_batch],
+                order_u[step * self.unlabelled_per_batch : (step + 1) * self.unlabelled_per_batch],
+            ]
+        )

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .families import MIN_SCALE, inverse_softplus
 from .nets import check_choice
+from .schema import POSITIVE, check_value
 
 __all__ = [
     "LIKELIHOODS",
@@ -29,10 +31,6 @@ __all__ = [
     "Categorical256Likelihood",
     "make_likelihood",
 ]
-
-
-def _inverse_softplus(value: float) -> float:
-    return value + math.log(-math.expm1(-value))
 
 
 class Likelihood(nn.Module):
@@ -93,14 +91,17 @@ class BernoulliLikelihood(Likelihood):
     :param bool allow_nonbinary: accept grey levels in [0, 1] as "soft" targets.
         This is an improper likelihood (its normaliser is wrong), so it must be
         asked for explicitly. Defaults to False.
+    :param str option_key: the config key that sets ``allow_nonbinary`` for the model at hand, named in
+        the error for grey-level data. Defaults to ``"allow_nonbinary"``.
     """
 
     name = "bernoulli"
     requires_binary = True
 
-    def __init__(self, x_shape: tuple[int, ...], allow_nonbinary: bool = False) -> None:
+    def __init__(self, x_shape: tuple[int, ...], allow_nonbinary: bool = False, option_key: str = "allow_nonbinary") -> None:
         super().__init__(x_shape)
         self.allow_nonbinary = allow_nonbinary
+        self.option_key = option_key
 
     def check_data(self, x: torch.Tensor, *, what: str = "data", binarized: bool = False) -> None:
         super().check_data(x, what=what)
@@ -108,13 +109,12 @@ class BernoulliLikelihood(Likelihood):
             raise ValueError(
                 f"bernoulli likelihood needs binary {what} (0 or 1), but it holds grey levels; "
                 "binarize it (data.binarize: dynamic or static), choose another likelihood "
-                "(normal, continuous_bernoulli, categorical256), or set "
-                "model.allow_nonbinary: true to accept an improper Bernoulli likelihood"
+                f"(normal, continuous_bernoulli, categorical256), or set {self.option_key}: true "
+                "to accept an improper Bernoulli likelihood"
             )
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         logits = self._unflatten(out)
-        # Soft targets fail Bernoulli's support check; the opt-in turns validation off for this site only.
         if self.allow_nonbinary:
             # Soft targets fail Bernoulli's support check, so the opt-in turns validation off here only.
             base = dist.Bernoulli(logits=logits, validate_args=False)
@@ -132,8 +132,7 @@ class NormalLikelihood(Likelihood):
 
     def __init__(self, x_shape: tuple[int, ...], scale: float = 0.1) -> None:
         super().__init__(x_shape)
-        if not scale > 0:
-            raise ValueError(f"normal likelihood scale must be > 0, got {scale!r}")
+        check_value("normal likelihood scale", scale, POSITIVE)
         self.register_buffer("scale", torch.tensor(float(scale)))
 
     def check_data(self, x: torch.Tensor, *, what: str = "data", binarized: bool = False) -> None:
@@ -155,11 +154,11 @@ class LearnedNormalLikelihood(NormalLikelihood):
     def __init__(self, x_shape: tuple[int, ...], scale: float = 0.1) -> None:
         super().__init__(x_shape, scale)
         del self.scale
-        self.raw_scale = nn.Parameter(torch.full(self.x_shape, _inverse_softplus(float(scale))))
+        self.raw_scale = nn.Parameter(torch.full(self.x_shape, inverse_softplus(float(scale))))
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         loc = self._unflatten(out)
-        scale = F.softplus(self.raw_scale) + 1e-4
+        scale = F.softplus(self.raw_scale) + MIN_SCALE
         return dist.Normal(loc, scale.expand(loc.shape)).to_event(len(self.x_shape))
 
 
@@ -209,6 +208,7 @@ def make_likelihood(
     *,
     scale: float = 0.1,
     allow_nonbinary: bool = False,
+    option_key: str = "allow_nonbinary",
 ) -> Likelihood:
     """Build a likelihood from the registry.
 
@@ -216,11 +216,12 @@ def make_likelihood(
     :param tuple x_shape: shape of one observation.
     :param float scale: fixed (``normal``) or initial (``normal_learned``) scale.
     :param bool allow_nonbinary: let ``bernoulli`` accept grey levels.
+    :param str option_key: the config key of ``allow_nonbinary`` for the model at hand, for error messages.
     """
     check_choice("likelihood", name, LIKELIHOODS)
     cls = LIKELIHOODS[name]
     if issubclass(cls, NormalLikelihood):
         return cls(x_shape, scale=scale)
     if cls is BernoulliLikelihood:
-        return cls(x_shape, allow_nonbinary=allow_nonbinary)
+        return cls(x_shape, allow_nonbinary=allow_nonbinary, option_key=option_key)
     return cls(x_shape)

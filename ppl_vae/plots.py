@@ -1,17 +1,19 @@
 """Figures: sample grids, reconstructions and learning curves (matplotlib, no display needed).
 
-Nothing here is called from inside the training loop. The functions work on
-any model whose ``forward(x=None, y=None, num_samples=n)`` generates data at a
-site named ``x``, and any guide with the matching signature: they read the
-mean of the ``x`` site's distribution from a Pyro trace.
+Nothing here is called from inside the training loop. The functions work on any
+model and guide that follow the contract of :mod:`ppl_vae.contract`: samples come
+from the model run with its data site unconditioned on a batch of zeros, and every
+figure reads the mean of the data site's distribution from a Pyro trace. Figures
+that need a capability (a class latent, for class grids) say so when it is missing.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import matplotlib
 
@@ -21,7 +23,10 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
 
+from .contract import ClassConditional, Classifier, HasLabelClasses, HasLikelihood, capability, data_site_name, needs_labels  # noqa: E402
 from .inference.evaluate import eval_mode  # noqa: E402
+from .likelihoods import Categorical256Likelihood  # noqa: E402
+from .programs import as_module, as_modules  # noqa: E402
 
 __all__ = [
     "save_image_grid",
@@ -31,15 +36,17 @@ __all__ = [
     "plot_reconstructions",
     "plot_learning_curves",
     "plot_comparison",
-    "label_latent",
     "class_grid_images",
     "analogy_images",
     "plot_class_grid",
     "plot_analogies",
+    "generate",
+    "run_figures",
+    "RunFigures",
 ]
 
 
-def _site_mean(trace, name: str = "x") -> torch.Tensor:
+def _site_mean(trace, name: str) -> torch.Tensor:
     site = trace.nodes[name]
     try:
         return site["fn"].mean
@@ -53,7 +60,7 @@ def _as_images(x: torch.Tensor, image_shape: Sequence[int], scale: float = 1.0) 
 
 
 def save_image_grid(
-    images: torch.Tensor, path: str | os.PathLike, *, nrow: Optional[int] = None, title: Optional[str] = None
+    images: torch.Tensor, path: str | os.PathLike, *, nrow: int | None = None, title: str | None = None
 ) -> Path:
     """Save images ``(N, C, H, W)`` with values in [0, 1] as a PNG grid."""
     from torchvision.utils import make_grid
@@ -78,19 +85,37 @@ def save_image_grid(
     return path
 
 
-def _generation_labels(model, num_samples: int) -> Optional[torch.Tensor]:
-    """Labels 0, 1, 2, ... (cycling) for a model conditioned on a categorical input y; None otherwise."""
-    inputs = getattr(getattr(model, "spec", None), "inputs", ())
-    if not inputs:
+def _device(model) -> torch.device:
+    param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _generation_labels(model, num_samples: int) -> torch.Tensor | None:
+    """Labels 0, 1, 2, ... (cycling) for a model that needs labels (a conditional VAE); None otherwise."""
+    if not needs_labels(model):
         return None
-    spec = inputs[0]
-    device = next(iter(model.parameters())).device
-    if spec.kind == "categorical":
-        return torch.arange(num_samples, device=device) % spec.dim
-    raise ValueError("sampling from a model conditioned on a real-valued input needs that input; pass it yourself")
+    classes = capability(model, HasLabelClasses)
+    if classes is None or not classes.label_classes:
+        raise ValueError(
+            "sampling from a model conditioned on labels needs the number of classes (a label_classes attribute); "
+            "a real-valued input must be passed by hand"
+        )
+    return torch.arange(num_samples, device=_device(model)) % classes.label_classes
 
 
-def sample_images(model, num_samples: int, *, seed: Optional[int] = None) -> torch.Tensor:
+def generate(model, num_samples: int, x_shape: Sequence[int], y: torch.Tensor | None = None, conditioned: dict | None = None):
+    """A trace of the model generating ``num_samples`` points: latents from the prior, the data site
+    unconditioned (``poutine.uncondition``) on a batch of zeros, other sites set by ``conditioned``."""
+    model = as_module(model)
+    zeros = torch.zeros((num_samples, *x_shape), device=_device(model))
+    generative = poutine.uncondition(model)
+    if conditioned:
+        generative = poutine.condition(generative, data=conditioned)
+    with eval_mode(model):
+        return poutine.trace(generative).get_trace(zeros, y)
+
+
+def sample_images(model, num_samples: int, x_shape: Sequence[int], *, seed: int | None = None) -> torch.Tensor:
     """Means of p(x|z) for ``num_samples`` draws z from the prior, shape ``(n, *x_shape)``.
 
     A model conditioned on a class label gets the labels 0, 1, 2, ... in turn (one class per column
@@ -98,34 +123,38 @@ def sample_images(model, num_samples: int, *, seed: Optional[int] = None) -> tor
     """
     if seed is not None:
         pyro.set_rng_seed(seed)
-    with eval_mode(model):
-        trace = poutine.trace(model).get_trace(None, _generation_labels(model, num_samples), num_samples)
-    return _site_mean(trace)
+    trace = generate(model, num_samples, x_shape, _generation_labels(model, num_samples))
+    return _site_mean(trace, data_site_name(model))
 
 
-def reconstruct_images(model, guide, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+def reconstruct_images(model, guide, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Means of p(x|z) with z drawn from q(z|x), shape like ``x``."""
+    model, guide = as_modules(model, guide)
     with eval_mode(model, guide):
         guide_trace = poutine.trace(guide).get_trace(x, y)
         trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
-    return _site_mean(trace)
+    return _site_mean(trace, data_site_name(model))
 
 
 def _pixel_scale(model) -> float:
-    likelihood = getattr(model, "likelihood", None)
-    return 255.0 if getattr(likelihood, "name", "") == "categorical256" else 1.0
+    declared = capability(model, HasLikelihood)
+    return 255.0 if declared is not None and isinstance(declared.likelihood, Categorical256Likelihood) else 1.0
 
 
-def plot_samples(model, num_samples: int, image_shape: Sequence[int], path: str | os.PathLike, *, seed: Optional[int] = 0) -> Path:
+def plot_samples(
+    model, num_samples: int, image_shape: Sequence[int], path: str | os.PathLike, *, seed: int | None = 0,
+    x_shape: Sequence[int] | None = None,
+) -> Path:
     """A PNG grid of samples from the model (the means of p(x|z), z ~ p(z))."""
-    images = _as_images(sample_images(model, num_samples, seed=seed), image_shape, _pixel_scale(model))
+    x_shape = x_shape or image_shape
+    images = _as_images(sample_images(model, num_samples, x_shape, seed=seed), image_shape, _pixel_scale(model))
     if _generation_labels(model, num_samples) is not None:
         return save_image_grid(images, path, nrow=10, title=f"{num_samples} samples, column = class y")
     return save_image_grid(images, path, title=f"{num_samples} samples: mean of p(x|z), z ~ p(z)")
 
 
 def plot_reconstructions(
-    model, guide, x: torch.Tensor, image_shape: Sequence[int], path: str | os.PathLike, y: Optional[torch.Tensor] = None
+    model, guide, x: torch.Tensor, image_shape: Sequence[int], path: str | os.PathLike, y: torch.Tensor | None = None
 ) -> Path:
     """A PNG with test images in odd rows and their reconstructions below them."""
     recon = reconstruct_images(model, guide, x, y)
@@ -142,40 +171,34 @@ def plot_reconstructions(
 # -- semi-supervised models (M2): vary the class, keep the style ------------------------------
 
 
-def label_latent(model):
-    """The spec of the model's semi-observed class latent (M2's ``y``), or None."""
-    spec = getattr(model, "spec", None)
-    return next((v for v in getattr(spec, "latents", ()) if v.observed_when_given), None)
+def _class_conditional(model) -> ClassConditional:
+    declared = capability(model, ClassConditional)
+    if declared is None:
+        raise ValueError(
+            "this model has no class latent beside a style latent z (the ClassConditional capability, as M2 has), "
+            "so it cannot vary the class"
+        )
+    return declared
 
 
-def _decode_with_classes(model, z: torch.Tensor, latent) -> torch.Tensor:
+def _decode_with_classes(model, z: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
     """Means of p(x|y,z) for each row of ``z`` and every class: ``(num_rows * num_classes, *x_shape)``."""
-    num_rows, num_classes = z.shape[0], latent.dim
+    declared = _class_conditional(model)
+    num_rows, num_classes = z.shape[0], declared.num_classes
     classes = torch.arange(num_classes, device=z.device).repeat(num_rows)  # row-major: a row per style
     z_rep = z.repeat_interleave(num_classes, dim=0)  # (rows * classes, z_dim)
-    values = {latent.name: model.label_value(latent, classes), "z": z_rep}
-    with eval_mode(model):
-        trace = poutine.trace(poutine.condition(model, data=values)).get_trace(None, None, z_rep.shape[0])
-    return _site_mean(trace)
+    values = {declared.label_site: declared.label_value(classes), "z": z_rep}
+    trace = generate(model, z_rep.shape[0], x_shape, conditioned=values)
+    return _site_mean(trace, data_site_name(model))
 
 
-def _require_label(model):
-    latent = label_latent(model)
-    if latent is None:
-        raise ValueError("this model has no semi-observed class latent (observed_when_given), so it cannot vary the class")
-    if "z" not in getattr(model, "latent_specs", {}):
-        raise ValueError("varying the class keeps the style z fixed, but this model has no latent named 'z'")
-    return latent
-
-
-def class_grid_images(model, num_styles: int = 8, *, seed: Optional[int] = 0) -> torch.Tensor:
+def class_grid_images(model, x_shape: Sequence[int], num_styles: int = 8, *, seed: int | None = 0) -> torch.Tensor:
     """Conditional generation: ``num_styles`` draws z ~ p(z) (rows), each decoded with every class y (columns)."""
-    latent = _require_label(model)
+    _class_conditional(model)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    with eval_mode(model):
-        z = poutine.trace(model).get_trace(None, None, num_styles).nodes["z"]["value"]
-    return _decode_with_classes(model, z, latent)
+    z = generate(model, num_styles, x_shape).nodes["z"]["value"]
+    return _decode_with_classes(model, z, x_shape)
 
 
 def analogy_images(model, guide, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -183,27 +206,31 @@ def analogy_images(model, guide, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
     :returns: ``(N * (1 + num_classes), *x_shape)``: per row, the image and then its style in classes 0, 1, ...
     """
-    latent = _require_label(model)
+    declared = _class_conditional(model)
+    model, guide = as_modules(model, guide)
     with eval_mode(model, guide):
-        fn = poutine.trace(guide).get_trace(x, y).nodes["z"]["fn"]
+        site = poutine.trace(guide).get_trace(x, y).nodes["z"]
         try:
-            z = fn.mean
+            z = site["fn"].mean
         except NotImplementedError:
-            z = poutine.trace(guide).get_trace(x, y).nodes["z"]["value"]
-    decoded = _decode_with_classes(model, z, latent).reshape(x.shape[0], latent.dim, *x.shape[1:])
+            z = site["value"]
+    decoded = _decode_with_classes(model, z, x.shape[1:]).reshape(x.shape[0], declared.num_classes, *x.shape[1:])
     return torch.cat([x.unsqueeze(1).to(decoded.dtype), decoded], 1).reshape(-1, *x.shape[1:])
 
 
-def plot_class_grid(model, image_shape: Sequence[int], path: str | os.PathLike, *, num_styles: int = 8, seed: Optional[int] = 0) -> Path:
+def plot_class_grid(
+    model, image_shape: Sequence[int], path: str | os.PathLike, *, num_styles: int = 8, seed: int | None = 0,
+    x_shape: Sequence[int] | None = None,
+) -> Path:
     """A PNG: rows are styles z ~ p(z), columns are the classes y."""
-    images = _as_images(class_grid_images(model, num_styles, seed=seed), image_shape, _pixel_scale(model))
-    return save_image_grid(images, path, nrow=label_latent(model).dim, title="conditional generation: row = style z, column = class y")
+    images = _as_images(class_grid_images(model, x_shape or image_shape, num_styles, seed=seed), image_shape, _pixel_scale(model))
+    return save_image_grid(images, path, nrow=_class_conditional(model).num_classes, title="conditional generation: row = style z, column = class y")
 
 
 def plot_analogies(model, guide, x: torch.Tensor, y: torch.Tensor, image_shape: Sequence[int], path: str | os.PathLike) -> Path:
     """A PNG: each row is a test image, then its style (from q(z|x,y)) decoded with every class."""
     images = _as_images(analogy_images(model, guide, x, y), image_shape, _pixel_scale(model))
-    return save_image_grid(images, path, nrow=1 + label_latent(model).dim, title="analogies: test image, then its style in each class")
+    return save_image_grid(images, path, nrow=1 + _class_conditional(model).num_classes, title="analogies: test image, then its style in each class")
 
 
 def plot_learning_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:
@@ -276,3 +303,42 @@ def plot_comparison(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+@dataclass
+class RunFigures:
+    """What :func:`run_figures` wrote, and the figures it skipped with the reason."""
+
+    paths: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def run_figures(exp, out: str | os.PathLike, num_samples: int = 64, seed: int = 0) -> RunFigures:
+    """Samples and reconstructions of test images beside ``out`` and, for a model with a class latent
+    (M2's :class:`~ppl_vae.contract.ClassConditional`), the class grid and analogies.
+
+    An M1+M2 run's M2 models the codes of its first stage, not images: its figures are skipped (the first
+    stage's are in ``RUN/m1``).
+    """
+    out, figures = Path(out), RunFigures()
+    if exp.stage is not None:
+        figures.skipped.append("this M2 models the latent codes of its M1 stage, not images; see RUN/m1 for M1's figures")
+        return figures
+
+    def beside(name: str) -> Path:
+        return out.with_name(f"{name}.png" if out.stem == "samples" else f"{out.stem}_{name}.png")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_shape, x_shape = exp.data.image_shape, exp.data.x_shape
+    figures.paths.append(plot_samples(exp.model, num_samples, image_shape, out, seed=seed, x_shape=x_shape))
+    x, y = exp.data.head(30)
+    labels = y if needs_labels(exp.model) else None
+    figures.paths.append(plot_reconstructions(exp.model, exp.guide, x, image_shape, beside("reconstructions"), labels))
+    if capability(exp.model, ClassConditional) is None:
+        if capability(exp.guide, Classifier) is not None:
+            figures.skipped.append("class grid and analogies: the model has no class latent beside a style z (as M2 has)")
+        return figures
+    figures.paths.append(plot_class_grid(exp.model, image_shape, beside("classes"), seed=seed, x_shape=x_shape))
+    if y is not None:
+        figures.paths.append(plot_analogies(exp.model, exp.guide, x[:8], y[:8], image_shape, beside("analogies")))
+    return figures

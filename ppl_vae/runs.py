@@ -18,7 +18,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyro
@@ -117,7 +117,7 @@ class RunDir:
         return str(self.path)
 
     @classmethod
-    def create(cls, root: str | os.PathLike = "runs", name: Optional[str] = None) -> "RunDir":
+    def create(cls, root: str | os.PathLike = "runs", name: str | None = None) -> "RunDir":
         """Make a new, empty run directory ``root/name`` (``name`` defaults to a timestamp)."""
         root = Path(root)
         base = name or time.strftime("run-%Y%m%d-%H%M%S")

@@ -10,15 +10,22 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer.inspect import get_dependencies
-from pyro.poutine.util import site_is_subsample
 
-__all__ = ["site_table", "describe", "render_graph"]
+from .compat import site_is_subsample
+from .errors import ConfigError
+from .guides.spec_guide import SpecGuide
+from .inference.checks import check_estimator
+from .inference.estimators import ESTIMATORS, make_estimator
+from .models.spec_model import SpecModel
+from .programs import as_modules
+
+__all__ = ["site_table", "describe", "render_graph", "estimator_report"]
 
 
 def _dist_name(fn) -> str:
@@ -28,11 +35,8 @@ def _dist_name(fn) -> str:
     return type(base).__name__
 
 
-def _declared_parents(fn: Callable) -> Optional[dict[str, tuple[str, ...]]]:
+def _declared_parents(fn: Callable) -> dict[str, tuple[str, ...]] | None:
     """Parents as a spec declares them, for compiled spec models and guides; None otherwise."""
-    from .guides.spec_guide import SpecGuide
-    from .models.spec_model import SpecModel
-
     if isinstance(fn, SpecModel):
         return {**{v.name: v.parents for v in fn.spec.latents}, "x": fn.spec.observed.parents}
     if isinstance(fn, SpecGuide):
@@ -80,7 +84,7 @@ def shapes(fn: Callable, args: tuple) -> str:
     return trace.format_shapes()
 
 
-def describe(model: Callable, guide: Callable, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> str:
+def describe(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> str:
     """Site tables and trace shapes of ``model`` and ``guide`` on a batch ``x`` (and labels ``y``)."""
     args = (x, y)
     parts = [
@@ -97,7 +101,7 @@ def describe(model: Callable, guide: Callable, x: torch.Tensor, y: Optional[torc
     return "\n".join(parts)
 
 
-def render_graph(model: Callable, x: torch.Tensor, y: Optional[torch.Tensor], path: str | os.PathLike) -> Optional[Path]:
+def render_graph(model: Callable, x: torch.Tensor, y: torch.Tensor | None, path: str | os.PathLike) -> Path | None:
     """Draw the model's graph with ``pyro.render_model`` when graphviz is installed; None otherwise."""
     if shutil.which("dot") is None:
         return None
@@ -109,3 +113,17 @@ def render_graph(model: Callable, x: torch.Tensor, y: Optional[torch.Tensor], pa
     with torch.no_grad(), pyro.get_param_store().scope():
         pyro.render_model(model, model_args=(x, y), filename=str(path), render_distributions=True)
     return path
+
+
+def estimator_report(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, str | None]:
+    """For every registry estimator, None when it can train ``model`` and ``guide``, else why ``fit`` would refuse it."""
+    model, guide = as_modules(model, guide)
+    report: dict[str, str | None] = {}
+    for name in ESTIMATORS:
+        try:
+            with pyro.get_param_store().scope():
+                check_estimator(make_estimator(name), model, guide, x, y)
+            report[name] = None
+        except ConfigError as err:
+            report[name] = str(err)
+    return report

@@ -7,7 +7,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ppl_vae import DataConfig, NormalGuideConfig, TrainConfig, VAEConfig, load_dataset, make_guide, make_model
+from ppl_vae import DataConfig, AmortizedGuideConfig, TrainConfig, VAEConfig, load_dataset, make_guide, make_model
 
 
 def tiny_digits(num_train: int = 200, **kw):
@@ -17,7 +17,7 @@ def tiny_digits(num_train: int = 200, **kw):
 
 def tiny_vae(x_shape=(64,), latent_dim: int = 4, hidden: int = 32, **model_kw):
     model = make_model("vae", x_shape, VAEConfig(latent_dim=latent_dim, hidden_dims=(hidden,), **model_kw))
-    guide = make_guide("normal", model, NormalGuideConfig(hidden_dims=(hidden,)))
+    guide = make_guide("amortized", model, AmortizedGuideConfig(hidden_dims=(hidden,)))
     return model, guide
 
 
@@ -38,9 +38,9 @@ def ppca_vae(W: torch.Tensor, b: torch.Tensor, sigma: float, posterior_scale_fac
     Returns (model, guide, exact_log_prob) where exact_log_prob(x) is log N(x; b, W W^T + sigma^2 I).
     """
     D, d = W.shape
-    model, guide = None, None
     model = make_model("vae", (D,), VAEConfig(latent_dim=d, hidden_dims=(), likelihood="normal", x_scale=sigma))
-    guide = make_guide("normal", model, NormalGuideConfig(hidden_dims=(), min_scale=0.0))
+    guide = make_guide("amortized", model, AmortizedGuideConfig(hidden_dims=(), min_scale=0.0))
+    head = guide.heads["z"].linear  # the guide's encoder is this one linear map (no hidden layers)
     M = torch.eye(d) + W.T @ W / sigma**2
     Minv = torch.linalg.inv(M)
     A = Minv @ W.T / sigma**2  # posterior mean = A (x - b)
@@ -49,11 +49,10 @@ def ppca_vae(W: torch.Tensor, b: torch.Tensor, sigma: float, posterior_scale_fac
         dec = model.decoder[0]
         dec.weight.copy_(W)
         dec.bias.copy_(b)
-        enc = guide.encoder[0]
-        enc.weight.zero_()
-        enc.weight[:d].copy_(A)
-        enc.bias[:d].copy_(-A @ b + loc_shift)
-        enc.bias[d:].copy_(inverse_softplus(post_sd))
+        head.weight.zero_()
+        head.weight[:d].copy_(A)
+        head.bias[:d].copy_(-A @ b + loc_shift)
+        head.bias[d:].copy_(inverse_softplus(post_sd))
     cov = W @ W.T + sigma**2 * torch.eye(D)
     marginal = torch.distributions.MultivariateNormal(b, covariance_matrix=cov)
     return model, guide, marginal.log_prob

@@ -180,11 +180,9 @@ def test_later_overrides_win_and_the_input_is_not_changed():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("train.epochs", "--set expects section.key=value, got 'train.epochs'"),
-        ("epochs=3", "--set expects section.key=value (or m1.section.key=value), got 'epochs=3'"),
+        ("train.epochs", "--set expects section.key=value (any depth: model.latents.z.dim=16), got 'train.epochs'"),
+        ("epochs=3", "--set expects section.key=value (any depth"),
         ("m1.train.epochs=3", "this config has no m1 section"),
-        ("model.train.epochs=3", "--set expects section.key=value"),
-        ("train.epochs.x=3", "--set expects section.key=value"),
         ("train.=3", "--set expects section.key=value"),
         ("trian.epochs=3", "unknown section 'trian'"),
         ("model.hidden_dims=[64", "cannot parse the value"),
@@ -205,6 +203,38 @@ def test_m1_stage_overrides():
         apply_overrides(raw, ["m1.data.name=digits"])
     config = load_config(CONFIGS / "m1m2_mnist_100.yaml", ["m1.train.epochs=7"])
     assert config.m1.train.epochs == 7 and config.train.epochs == 100
+
+
+def test_overrides_reach_nested_fields_and_list_items_by_name_or_index():
+    config = load_config(
+        CONFIGS / "custom_model.yaml",
+        ["model.latents.z.dim=16", "model.observed.allow_nonbinary=true", "guide.factors.0.head=iaf:2",
+         "guide.factors.u.net.hidden_dims=[8, 8]"],
+    )
+    latents = {v.name: v for v in config.model.config.latents}
+    assert latents["z"].dim == 16 and latents["u"].dim == 2
+    assert config.model.config.observed.allow_nonbinary is True
+    factors = {f.name: f for f in config.guide.config.factors}
+    assert factors["z"].head == "iaf:2" and factors["u"].net.hidden_dims == (8, 8)
+    # fields a config file leaves to their defaults are reached too
+    vae = load_config(CONFIGS / "specs" / "vae.yaml", ["model.latents.z.dim=7", "model.latents.0.family=laplace"])
+    assert vae.model.config.latents[0].dim == 7 and vae.model.config.latents[0].family == "laplace"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.latents.w.dim=3", "model.latents has no item named 'w'; its items: ['u', 'z', 's']"),
+        ("guide.factors.7.head=normal", "guide.factors has 3 items, so there is no item 7"),
+        ("train.epochs.x=3", "train.epochs is 20, not a mapping or a list"),
+        ("model.train.epochs=3", "unknown key model.train"),
+        ("model.latents.z.dimm=3", "unknown key model.latents[1].dimm (did you mean 'dim'?)"),
+    ],
+)
+def test_overrides_into_missing_items_name_what_exists(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "custom_model.yaml", [override])
+    assert expected in str(info.value)
 
 
 def test_override_with_a_bad_value_names_the_key():

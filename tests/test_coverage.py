@@ -20,14 +20,14 @@ import re
 import pytest
 import torch
 
-from ppl_vae import ConfigError, DataConfig, EstimatorConfig, TrainConfig, fit, load_dataset
+from ppl_vae import ConfigError, DataConfig, estimator_config, TrainConfig, fit, load_dataset
 from ppl_vae.config import ComponentConfig, ExperimentConfig
 from ppl_vae.families import FAMILIES
-from ppl_vae.guides.heads import HEADS
-from ppl_vae.inference.compare import guide_variants
+from ppl_vae.heads import HEADS
+from ppl_vae.compare import guide_variants
 from ppl_vae.inference.estimators import ESTIMATORS
 from ppl_vae.models.presets import SPECS, ShippedSpec
-from ppl_vae.spec import compile_spec
+from ppl_vae.compile import compile_spec
 
 TRAIN = TrainConfig(epochs=1, batch_size=32, progress=False, device="cpu", val_every=0)
 
@@ -142,7 +142,7 @@ def test_every_estimator_trains_or_refuses_every_shipped_spec(estimator, spec, d
     before = _snapshot(model, guide)
 
     def run():
-        return fit(model, guide, data, estimator=EstimatorConfig(name=estimator), train=TRAIN)
+        return fit(model, guide, data, estimator=estimator_config(estimator), train=TRAIN)
 
     if (estimator, spec) in REFUSED:
         site, reason = REFUSED[(estimator, spec)]
@@ -184,10 +184,10 @@ def test_every_real_guide_head_trains_every_shipped_spec(spec, head, digits):
     latents = {v.name: v for v in shipped.model.latents}
     for factor in variant.guide.config.factors:
         real = FAMILIES[latents[factor.name].family].real_support
-        assert factor.family == (head if real else latents[factor.name].family), factor
+        assert factor.head == (head if real else latents[factor.name].family), factor
     model, guide = compile_spec(variant.model.config, variant.guide.config, data.x_shape)
     before = _snapshot(guide)
-    result = fit(model, guide, data, estimator=EstimatorConfig(name=shipped.estimator), train=TRAIN)
+    result = fit(model, guide, data, estimator=estimator_config(shipped.estimator), train=TRAIN)
     assert math.isfinite(result.final_loss)
     names = [name for name, _ in guide.named_parameters()]
     assert [names[i] for i in _unchanged(before, guide)] == []

@@ -12,7 +12,7 @@ import torch
 
 from ppl_vae.data import Batches, DataConfig, Dataset, check_finite, load_dataset, resolve_data_dir
 from ppl_vae.errors import DataError
-from ppl_vae.guides import NormalGuideConfig, make_guide
+from ppl_vae.guides import AmortizedGuideConfig, make_guide
 from ppl_vae.inference.fit import TrainConfig, fit
 from ppl_vae.models import VAEConfig, make_model
 
@@ -409,7 +409,7 @@ def test_binarized_mnist_shapes_and_splits():
 
 def _tiny_model(x_dim: int = 64, **model_kwargs):
     model = make_model("vae", (x_dim,), VAEConfig(latent_dim=2, hidden_dims=(8,), **model_kwargs))
-    guide = make_guide("normal", model, NormalGuideConfig(hidden_dims=(8,)))
+    guide = make_guide("amortized", model, AmortizedGuideConfig(hidden_dims=(8,)))
     return model, guide
 
 

@@ -9,6 +9,7 @@ exact value is large against that error, so a wrong or missing term would fail.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pyro
@@ -25,10 +26,11 @@ from ppl_vae import ConfigError, RunDir, fit
 from ppl_vae.inference.estimators import (
     ESTIMATORS,
     EstimatorConfig,
-    check_estimator,
+    estimator_config,
     make_estimator,
     parse_estimator,
 )
+from ppl_vae.inference.checks import check_estimator
 from ppl_vae.inference.evaluate import log_weights
 from ppl_vae.inference.gradients import gradient_stats
 from ppl_vae.inference.iwae import IWAE_ELBO
@@ -49,12 +51,15 @@ def _accepts(name: str, arg: str) -> bool:
     return True
 
 
+def _with_score_function(config: EstimatorConfig) -> EstimatorConfig:
+    """The config with allow_score_function set, where its estimator has that option."""
+    if not hasattr(config.options, "allow_score_function"):
+        return config
+    return EstimatorConfig(config.name, dataclasses.replace(config.options, allow_score_function=True))
+
+
 BASELINED = sorted(f"{n}:{b}" for n in ESTIMATORS for b in ("avg", "nn") if _accepts(n, b))
-ENUM_NAMES = sorted(
-    n
-    for n in ESTIMATORS
-    if isinstance(make_estimator(n), TraceEnum_ELBO) or getattr(make_estimator(n), "kind", "") == "enum"
-)
+ENUM_NAMES = sorted(n for n in ESTIMATORS if ESTIMATORS[n].enumerates)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +183,7 @@ def test_every_estimator_trains_a_tiny_vae_with_a_ragged_last_batch(name):
     model, guide = tiny_vae((10,), latent_dim=2, hidden=8)
     x = torch.rand(50, 10).round()
     before = [p.detach().clone() for p in _params(model, guide)]
-    config = EstimatorConfig(name=name, num_particles=2)
+    config = estimator_config(name, num_particles=2)
     # batches of 20, 20 and 10: JIT entries must recompile for the last one (its scale is 1/10)
     result = fit(model, guide, x, estimator=config, train=quick_train(epochs=2, batch_size=20))
     losses = [row["train_loss"] for row in result.history]
@@ -191,7 +196,7 @@ def test_every_estimator_trains_a_tiny_vae_with_a_ragged_last_batch(name):
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 def test_every_estimator_trains_a_discrete_latent_model_or_refuses_it_by_site(name):
     model, guide, x, _ = _discrete_problem(num_points=30, repeats=1)
-    config = EstimatorConfig(name=name, allow_score_function=True)
+    config = _with_score_function(estimator_config(name))
     if name in REFUSES_DISCRETE:
         with pytest.raises(ConfigError, match="'z'"):
             fit(model, guide, x, estimator=config, train=quick_train(epochs=1, batch_size=10))
@@ -221,7 +226,7 @@ def test_mean_gradient_matches_closed_form_elbo_gradient_gaussian(name):
     model, guide = GaussianModel(), GaussianGuide()
     x = torch.randn(5) * 1.5
     exact = _exact_gradient(-exact_gaussian_elbo(model, guide, x).mean(), _params(model, guide))
-    elbo = make_estimator(EstimatorConfig(name=name))
+    elbo = make_estimator(estimator_config(name))
     draws = _draw_gradients(elbo, model, guide, x.repeat(200), num_draws=20)
     _assert_unbiased(draws, exact)
 
@@ -231,7 +236,7 @@ def test_mean_gradient_matches_enumerated_elbo_gradient_discrete(spec):
     # Score-function sites (trace and iwae by opt-in; tracegraph with and without baselines) and enumeration.
     model, guide, x, xr = _discrete_problem()
     exact = _exact_gradient(-exact_categorical_elbo(model, guide, x).mean(), _params(model, guide))
-    elbo = make_estimator(parse_estimator(spec, EstimatorConfig(allow_score_function=True)))
+    elbo = make_estimator(_with_score_function(parse_estimator(spec)))
     check_estimator(elbo, model, guide, xr[:2])
     draws = _draw_gradients(elbo, model, guide, xr, num_draws=20)
     _assert_unbiased(draws, exact, exact_estimator=spec in ENUM_NAMES)
@@ -252,7 +257,7 @@ def _ppca(posterior_scale_factor=1.3, loc_shift=0.0):
 
 
 def _closed_form_ppca_elbo(guide, x, W, b, sigma=0.5) -> torch.Tensor:
-    q = guide.z_dist(x)
+    q = guide.latent_dist("z", x)
     m, s = q.mean, q.stddev  # (N, d)
     D, d = W.shape
     log_lik = -0.5 * D * math.log(2 * math.pi * sigma**2) - (
@@ -324,7 +329,7 @@ def test_iwae_particles_in_a_loop_equal_vectorized_particles(gradient):
     params = _params(model, guide)
     out = []
     for vectorize in (True, False):
-        config = EstimatorConfig(name="iwae", num_particles=4, gradient=gradient, vectorize_particles=vectorize)
+        config = estimator_config("iwae", num_particles=4, gradient=gradient, vectorize_particles=vectorize)
         elbo = make_estimator(config)
         pyro.set_rng_seed(5)
         for p in params:
@@ -364,7 +369,7 @@ def test_baselines_lower_the_variance_of_the_score_function_gradient():
     variances = {}
     for baseline in ("none", "avg", "nn"):
         pyro.set_rng_seed(0)
-        elbo = make_estimator(EstimatorConfig(name="tracegraph", baseline=baseline, baseline_hidden_dims=(16,)))
+        elbo = make_estimator(estimator_config("tracegraph", baseline=baseline, baseline_hidden_dims=(16,)))
         check_estimator(elbo, model, guide, x[:2])  # builds the baselines
         optimizer = torch.optim.Adam(elbo.trainable_module.parameters(), lr=0.02) if baseline == "nn" else None
         for _ in range(80 if optimizer else 20):  # warm up the running average; train the network
@@ -456,7 +461,7 @@ def test_pathwise_estimators_refuse_a_discrete_site_without_opt_in():
     for name in ("trace", "iwae", "jit_trace"):
         with pytest.raises(ConfigError, match=r"discrete guide site 'z'.*allow_score_function"):
             fit(model, guide, x, estimator=name, train=quick_train(epochs=1))
-        check_estimator(make_estimator(EstimatorConfig(name=name, allow_score_function=True)), model, guide, x[:2])
+        check_estimator(make_estimator(estimator_config(name, allow_score_function=True)), model, guide, x[:2])
     for spec in ("iwae:3:dreg", "iwae:3:dreg:allow_score_function=true"):
         with pytest.raises(ConfigError, match=r"dreg needs reparameterized guide sites, but guide site 'z'"):
             check_estimator(make_estimator(spec), model, guide, x[:2])
@@ -512,19 +517,21 @@ def test_neural_baseline_trains_and_resumes_exactly(tmp_path):
     x = (torch.rand(40, D, generator=torch.Generator().manual_seed(2)) < 0.5).float()
     train = dict(batch_size=10, val_every=0)
 
-    def run(epochs, name, resume=False, elbo=None):
+    def run(epochs, name, resume=False):
         model, guide, _, _ = _discrete_problem()
-        elbo = elbo or make_estimator("tracegraph:nn")
+        elbo = make_estimator("tracegraph:nn")
         run_dir = RunDir(tmp_path / name) if resume else RunDir.create(tmp_path, name)
         fit(model, guide, x, estimator=elbo, train=quick_train(epochs=epochs, **train), run_dir=run_dir, resume=resume)
         return model, guide, elbo
 
+    # fit builds the baselines from the training seed (0): the same initial state as here
     elbo = make_estimator("tracegraph:nn")
     model, guide, _, _ = _discrete_problem()
+    pyro.set_rng_seed(0)
     check_estimator(elbo, model, guide, x[:2])
     initial = {k: v.clone() for k, v in elbo.trainable_module.state_dict().items()}
     assert any("net" in k for k in initial)
-    full = run(2, "full", elbo=elbo)
+    full = run(2, "full")
     trained = full[2].trainable_module.state_dict()
     assert all(not torch.equal(initial[k], trained[k]) for k in initial), "every baseline tensor should move"
 
@@ -548,8 +555,8 @@ def test_jit_entry_gives_its_twin_loss_and_gradient_on_the_same_seed(name):
     model, guide = tiny_vae((10,), latent_dim=2, hidden=8)
     x = torch.rand(12, 10).round()
     params = _params(model, guide)
-    jit = make_estimator(EstimatorConfig(name=name, num_particles=3))
-    plain = make_estimator(EstimatorConfig(name=twin, num_particles=3))
+    jit = make_estimator(estimator_config(name, num_particles=3))
+    plain = make_estimator(estimator_config(twin, num_particles=3))
     for batch in (x, x[:5]):  # a second shape and scale: compiled again, not replayed with the old scale
         with poutine.scale(scale=1.0 / batch.shape[0]):
             jit.loss_and_grads(model, guide, batch)  # compile (consumes random numbers differently)
@@ -577,11 +584,12 @@ def test_jit_entry_gives_its_twin_loss_and_gradient_on_the_same_seed(name):
         ("iwae:50:dreg", dict(name="iwae", num_particles=50, gradient="dreg")),
         ("renyi:0.5", dict(name="renyi", alpha=0.5)),
         ("renyi:-1:8", dict(name="renyi", alpha=-1.0, num_particles=8)),
-        ("enum:allow_score_function=true", dict(name="enum", allow_score_function=True)),
+        ("trace:allow_score_function=true", dict(name="trace", allow_score_function=True)),
+        ("iwae:3:vectorize_particles=false", dict(name="iwae", num_particles=3, vectorize_particles=False)),
     ],
 )
 def test_parse_estimator(text, expected):
-    assert parse_estimator(text) == EstimatorConfig(**expected)
+    assert parse_estimator(text) == estimator_config(**expected)
     assert make_estimator(text) is not None
 
 
@@ -591,11 +599,12 @@ def test_parse_estimator(text, expected):
         ("tracegrpah", "unknown estimator 'tracegrpah'"),
         ("iwae:abc", "iwae"),
         ("trace:0", "positive int"),
-        ("trace:2:3", "at most one argument"),
-        ("renyi:x", "ALPHA must be a number"),
+        ("trace:2:3", "takes 'trace\\[:K\\]'"),
+        ("renyi:x", "takes 'renyi\\[:ALPHA\\]\\[:K\\]'"),
         ("renyi:1", "alpha must be a finite number other than 1"),
         ("tracegraph:avg:avg", "tracegraph"),
         ("iwae:5:colour=red", "unknown estimator option 'colour'"),
+        ("enum:allow_score_function=true", "unknown estimator option 'allow_score_function'"),
         ("", "estimator name is required"),
     ],
 )
@@ -605,17 +614,17 @@ def test_parse_estimator_refuses_bad_text(text, message):
 
 
 def test_parse_estimator_keeps_base_fields_and_drops_options_of_other_estimators():
-    base = EstimatorConfig(name="iwae", num_particles=5, gradient="dreg", max_plate_nesting=2)
-    assert parse_estimator("tracegraph:avg", base) == EstimatorConfig(
-        name="tracegraph", num_particles=5, baseline="avg", max_plate_nesting=2
+    base = estimator_config("iwae", num_particles=5, gradient="dreg", max_plate_nesting=2)
+    assert parse_estimator("tracegraph:avg", base) == estimator_config(
+        "tracegraph", num_particles=5, baseline="avg", max_plate_nesting=2
     )
 
 
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        (dict(name="trace", gradient="dreg"), "estimator.gradient='dreg'"),
-        (dict(name="trace", baseline="avg"), "estimator.baseline='avg'"),
+        (dict(name="trace", gradient="dreg"), "estimator 'trace' takes no option 'gradient'"),
+        (dict(name="trace", baseline="avg"), "estimator 'trace' takes no option 'baseline'"),
         (dict(name="tracegraph", baseline="mean"), "estimator.baseline must be one of"),
         (dict(name="tracegraph", site_baselines={"z": "big"}), "estimator.site_baselines['z']"),
         (dict(name="tracegraph", baseline_beta=1.0), "estimator.baseline_beta must be in"),
@@ -627,16 +636,16 @@ def test_parse_estimator_keeps_base_fields_and_drops_options_of_other_estimators
 )
 def test_estimator_config_names_the_bad_field(kwargs, field):
     with pytest.raises(ValueError) as info:
-        EstimatorConfig(**kwargs)
+        estimator_config(**kwargs)
     assert field in str(info.value)
 
 
 def test_site_baselines_must_name_a_non_reparameterized_site():
     model, guide, x, _ = _discrete_problem(num_points=4, repeats=1)
-    elbo = make_estimator(EstimatorConfig(name="tracegraph", site_baselines={"w": "avg"}))
+    elbo = make_estimator(estimator_config("tracegraph", site_baselines={"w": "avg"}))
     with pytest.raises(ConfigError, match=r"site_baselines names \['w'\].*\['z'\]"):
         check_estimator(elbo, model, guide, x[:2])
-    config = EstimatorConfig(name="tracegraph", site_baselines={"z": "nn"}, baseline_input="x_and_upstream")
+    config = estimator_config("tracegraph", site_baselines={"z": "nn"}, baseline_input="x_and_upstream")
     elbo = make_estimator(config)
     check_estimator(elbo, model, guide, x[:2])
     assert list(elbo.trainable_module.keys()) == ["z"]

@@ -12,7 +12,7 @@ import torch
 from ppl_vae import (
     ESTIMATORS,
     Callback,
-    EstimatorConfig,
+    estimator_config,
     FitInterrupted,
     NonFiniteLossError,
     OptimConfig,
@@ -48,7 +48,7 @@ def test_one_step_changes_every_parameter_and_evaluation_changes_none(name):
     data = tiny_digits(20)
     model, guide = tiny_vae()
     before = _params(model, guide)
-    fit(model, guide, data, estimator=EstimatorConfig(name=name), train=quick_train(epochs=1, batch_size=20, val_every=0))
+    fit(model, guide, data, estimator=estimator_config(name), train=quick_train(epochs=1, batch_size=20, val_every=0))
     after = _params(model, guide)
     assert all(not torch.equal(a, b) for a, b in zip(before, after)), "every parameter should move after a step"
     evaluate(model, guide, data.x_test[:30])
@@ -66,7 +66,7 @@ def _digits_config(tmp_path, epochs=4, **train):
     raw = {
         "data": {"name": "digits", "num_train": 120},
         "model": {"name": "vae", "latent_dim": 3, "hidden_dims": [16]},
-        "guide": {"name": "normal", "hidden_dims": [16]},
+        "guide": {"name": "amortized", "hidden_dims": [16]},
         "train": {"epochs": epochs, "batch_size": 25, "progress": False, "device": "cpu", **train},
         "eval": {"num_samples": 10},
     }
@@ -82,7 +82,7 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     for a, b in [(exp.model, loaded.model), (exp.guide, loaded.guide)]:
         for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
             assert na == nb and torch.equal(pa, pb)
-    assert torch.equal(exp.guide.z_dist(x).mean, loaded.guide.z_dist(x).mean)
+    assert torch.equal(exp.guide.latent_dist("z", x).mean, loaded.guide.latent_dist("z", x).mean)
     z = torch.randn(4, 3)
     assert torch.equal(exp.model.x_dist(z).mean, loaded.model.x_dist(z).mean)
 

@@ -11,11 +11,11 @@ import torch
 from pyro.nn import PyroModule
 from torch.autograd.functional import jacobian
 
-from ppl_vae import EstimatorConfig, OptimConfig, TrainConfig, fit, log_weights
+from ppl_vae import estimator_config, OptimConfig, TrainConfig, fit, log_weights
 from ppl_vae.families import FAMILIES
-from ppl_vae.guides.flows import FLOW_STEPS, FlowHead
-from ppl_vae.guides.fullcov import FullCovHead
-from ppl_vae.guides.heads import HEADS, make_head, parse_head_name
+from ppl_vae.heads.flows import FLOW_STEPS, FlowHead
+from ppl_vae.heads.fullcov import FullCovHead
+from ppl_vae.heads import HEADS, make_head, parse_head
 
 from .helpers import inverse_softplus
 
@@ -115,14 +115,14 @@ def test_every_head_parameter_trains_and_round_trips_through_state_dict(name):
 
 
 def test_head_names_take_step_counts():
-    assert parse_head_name("iaf:3") == ("iaf", 3)
+    assert parse_head("iaf:3") == ("iaf", {"num_steps": 3})
     head = make_head("planar:3", CONTEXT_DIM, DIM)
     assert isinstance(head, FlowHead) and len(head.steps) == 3
     assert len(make_head("spline", CONTEXT_DIM, DIM).steps) == FLOW_STEPS["spline"][1]
     with pytest.raises(ValueError, match="positive int"):
-        parse_head_name("radial:0")
+        parse_head("radial:0")
     with pytest.raises(ValueError, match="takes no"):
-        parse_head_name("fullcov:2")
+        parse_head("fullcov:2")
     assert HEADS["fullcov"].accepts(FAMILIES["laplace"]) and not HEADS["iaf"].accepts(FAMILIES["bernoulli"])
 
 
@@ -287,7 +287,7 @@ def test_trained_fullcov_guide_closes_the_ppca_gap_and_trained_diagonal_does_not
             model,
             guide,
             x,
-            estimator=EstimatorConfig(num_particles=8),
+            estimator=estimator_config(num_particles=8),
             optim=OptimConfig(lr=0.1, schedule="cosine"),  # cosine decay to 0 lets the last steps settle
             train=TrainConfig(epochs=40, batch_size=40, progress=False, device="cpu", val_every=0),
         )

@@ -12,6 +12,8 @@ from pyro import poutine
 from ppl_vae.guides import GUIDES, make_guide
 from ppl_vae.likelihoods import LIKELIHOODS, make_likelihood
 from ppl_vae.models import MODELS, make_model
+from ppl_vae.plots import generate
+from ppl_vae.programs import PythonTarget
 from ppl_vae.spec import GuideFactorSpec, GuideSpec, LatentSpec, ModelSpec, NetSpec, ObservedSpec
 
 X_SHAPES = [(12,), (1, 4, 3)]
@@ -22,10 +24,12 @@ MODEL_EXAMPLES = {
     "spec": lambda likelihood: ModelSpec(
         latents=(LatentSpec("z", dim=3),), observed=ObservedSpec(likelihood=likelihood, net=NetSpec(hidden_dims=(7,)))
     ),
+    "python": lambda likelihood: PythonTarget("tests.user_models:LikelihoodVAE", {"likelihood": likelihood}),
 }
 GUIDE_EXAMPLES = {
-    "normal": ("vae", lambda: GUIDES["normal"].config_cls(hidden_dims=(6,))),
+    "amortized": ("vae", lambda: GUIDES["amortized"].config_cls(hidden_dims=(6,))),
     "spec": ("spec", lambda: GuideSpec((GuideFactorSpec("z", net=NetSpec(hidden_dims=(6,))),))),
+    "python": ("python", lambda: PythonTarget("tests.user_models:LinearGuide")),
 }
 
 
@@ -56,8 +60,8 @@ def test_model_trace_shapes(model_name, likelihood, x_shape):
     assert trace.nodes["x"]["log_prob"].shape == (5,)
     assert torch.isfinite(trace.nodes["x"]["log_prob"]).all()
     assert [f.name for f in trace.nodes["z"]["cond_indep_stack"]] == ["data"]
-    # generation: no data, num_samples points
-    gen = poutine.trace(model).get_trace(None, None, 4)
+    # generation: the data site unconditioned, num_samples points
+    gen = generate(model, 4, x_shape)
     assert not gen.nodes["x"]["is_observed"]
     assert gen.nodes["x"]["value"].shape[:1] == (4,)
 

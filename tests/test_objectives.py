@@ -13,8 +13,8 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.nn import PyroModule
 
 from ppl_vae import OptimConfig, RunDir, TrainConfig, fit
-from ppl_vae.guides.heads import make_head
-from ppl_vae.inference.objectives import KLWeighting, make_objective
+from ppl_vae.heads import make_head
+from ppl_vae.inference.objectives import KLWeighting, kl_weighted
 from ppl_vae.nets import MLP
 
 X_DIM, Z_DIM, SIGMA, B = 5, 2, 0.7, 20
@@ -136,7 +136,7 @@ def test_beta_scales_the_analytic_kl_exactly():
     _, kl1, kl2 = _hand(model, guide, x)
     ref = _loss(base, model, guide, x)
     for beta in (0.0, 0.3, 4.0):
-        loss = _loss(make_objective(base, KLWeighting(beta=beta)), model, guide, x)
+        loss = _loss(kl_weighted(base, KLWeighting(beta=beta)), model, guide, x)
         assert loss - ref == pytest.approx((beta - 1) * (kl1 + kl2), abs=1e-4)
 
 
@@ -147,7 +147,7 @@ def test_beta_loss_matches_the_closed_form_in_expectation():
     particles = 2000
     base = Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
     rec, kl1, kl2 = _hand(model, guide, x)
-    losses = {beta: _loss(make_objective(base, KLWeighting(beta=beta)), model, guide, x) for beta in (0.0, 0.5, 1.0)}
+    losses = {beta: _loss(kl_weighted(base, KLWeighting(beta=beta)), model, guide, x) for beta in (0.0, 0.5, 1.0)}
     assert losses[0.5] == pytest.approx(0.5 * (losses[0.0] + losses[1.0]), abs=1e-4)
     # Monte-Carlo errors, from draws of the same estimators
     with torch.no_grad():
@@ -170,12 +170,12 @@ def test_free_bits_floor_replaces_a_small_kl_by_lambda():
     _, kl1, kl2 = _hand(model, guide, x)
     assert max(kl1, kl2) < 10
     base = TraceMeanField_ELBO()
-    rec_only = _loss(make_objective(base, KLWeighting(beta=0.0)), model, guide, x)
-    floored = _loss(make_objective(base, KLWeighting(beta=0.5, free_bits=10.0)), model, guide, x)
+    rec_only = _loss(kl_weighted(base, KLWeighting(beta=0.0)), model, guide, x)
+    floored = _loss(kl_weighted(base, KLWeighting(beta=0.5, free_bits=10.0)), model, guide, x)
     assert floored - rec_only == pytest.approx(0.5 * 10.0 * 2, abs=1e-4)  # two sites
     # A floor below both KLs changes nothing: the trace-assembled loss equals Pyro's own.
-    low = _loss(make_objective(base, KLWeighting(beta=0.5, free_bits=min(kl1, kl2) / 2)), model, guide, x)
-    assert low == pytest.approx(_loss(make_objective(base, KLWeighting(beta=0.5)), model, guide, x), abs=1e-4)
+    low = _loss(kl_weighted(base, KLWeighting(beta=0.5, free_bits=min(kl1, kl2) / 2)), model, guide, x)
+    assert low == pytest.approx(_loss(kl_weighted(base, KLWeighting(beta=0.5)), model, guide, x), abs=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,7 @@ def test_free_bits_floor_replaces_a_small_kl_by_lambda():
 def test_free_bits_loss_assembled_from_traces_equals_the_base_elbo_when_inactive(base):
     # lambda tiny: the floor is never active, and the loss must equal the base estimator's (same seed).
     model, guide, x = _problem()
-    inactive = _loss(make_objective(base, KLWeighting(free_bits=1e-9)), model, guide, x)
+    inactive = _loss(kl_weighted(base, KLWeighting(free_bits=1e-9)), model, guide, x)
     assert inactive == pytest.approx(_loss(base, model, guide, x), abs=1e-4)
 
 
@@ -194,7 +194,7 @@ def test_free_bits_stays_in_nats_per_point_without_the_outer_scale():
     # Without fit's poutine.scale(1/B) Pyro sums over the batch; the floor still applies to the per-point
     # mean KL, so the whole loss is exactly B times the per-point loss.
     model, guide, x = _problem()
-    objective = make_objective(TraceMeanField_ELBO(), KLWeighting(free_bits=10.0))
+    objective = kl_weighted(TraceMeanField_ELBO(), KLWeighting(free_bits=10.0))
     per_point = _loss(objective, model, guide, x)
     summed = _loss(objective, model, guide, x, scale=None)
     assert summed == pytest.approx(B * per_point, rel=1e-5)
@@ -206,7 +206,7 @@ def test_active_free_bits_leave_only_the_reconstruction_gradient():
 
     def grads(weighting):
         guide.zero_grad()
-        _loss(make_objective(base, weighting), model, guide, x, grads=True)
+        _loss(kl_weighted(base, weighting), model, guide, x, grads=True)
         return [p.grad.clone() for p in guide.parameters()]
 
     floored = grads(KLWeighting(free_bits=10.0))
@@ -220,10 +220,10 @@ def test_sites_choose_which_kl_is_weighted():
     model, guide, x = _problem()
     base = TraceMeanField_ELBO()
     _, kl1, _ = _hand(model, guide, x)
-    only_z1 = _loss(make_objective(base, KLWeighting(beta=0.0, sites=("z1",))), model, guide, x)
+    only_z1 = _loss(kl_weighted(base, KLWeighting(beta=0.0, sites=("z1",))), model, guide, x)
     assert _loss(base, model, guide, x) - only_z1 == pytest.approx(kl1, abs=1e-4)
     with pytest.raises(ValueError, match="'w'"):
-        _loss(make_objective(base, KLWeighting(beta=0.5, sites=("w",))), model, guide, x)
+        _loss(kl_weighted(base, KLWeighting(beta=0.5, sites=("w",))), model, guide, x)
 
 
 def test_score_function_sites_and_free_bits_on_other_estimators_are_refused():
@@ -241,11 +241,11 @@ def test_score_function_sites_and_free_bits_on_other_estimators_are_refused():
 
     x = torch.randn(4, X_DIM)
     with pytest.raises(ValueError, match="reparameterized"):
-        make_objective(Trace_ELBO(), KLWeighting(beta=0.5)).loss(Discrete(), discrete_guide, x)
+        kl_weighted(Trace_ELBO(), KLWeighting(beta=0.5)).loss(Discrete(), discrete_guide, x)
     with pytest.raises(ValueError, match="free bits need pathwise"):
-        make_objective(Trace_ELBO(), KLWeighting(free_bits=1.0)).loss(Discrete(), discrete_guide, x)
+        kl_weighted(Trace_ELBO(), KLWeighting(free_bits=1.0)).loss(Discrete(), discrete_guide, x)
     with pytest.raises(ValueError, match="free_bits"):
-        make_objective(TraceGraph_ELBO(), KLWeighting(free_bits=1.0))
+        kl_weighted(TraceGraph_ELBO(), KLWeighting(free_bits=1.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,10 +255,10 @@ def test_score_function_sites_and_free_bits_on_other_estimators_are_refused():
 def test_annealing_weight_advances_per_step_and_is_the_one_used():
     model, guide, x = _problem()
     weighting = KLWeighting(beta=1.0, schedule="linear", warmup_steps=4)
-    objective = make_objective(TraceMeanField_ELBO(), weighting)
+    objective = kl_weighted(TraceMeanField_ELBO(), weighting)
     for t in range(6):
         assert objective.step == t and objective.kl_weight == weighting.weight(t)
-        reference = _loss(make_objective(TraceMeanField_ELBO(), KLWeighting(beta=weighting.weight(t))), model, guide, x)
+        reference = _loss(kl_weighted(TraceMeanField_ELBO(), KLWeighting(beta=weighting.weight(t))), model, guide, x)
         assert _loss(objective, model, guide, x, grads=True) == pytest.approx(reference, abs=1e-4)
     assert objective.step == 6
     # loss() and differentiable_loss() do not advance the schedule
@@ -269,13 +269,13 @@ def test_annealing_weight_advances_per_step_and_is_the_one_used():
 
 def test_schedule_state_round_trips_through_state_dict():
     weighting = KLWeighting(schedule="cyclical", cycle_steps=7)
-    objective = make_objective("meanfield", weighting)
+    objective = kl_weighted("meanfield", weighting)
     model, guide, x = _problem()
     for _ in range(3):
         _loss(objective, model, guide, x, grads=True)
     state = objective.trainable_module.state_dict()
     assert set(state) == {"step"} and int(state["step"]) == 3
-    fresh = make_objective("meanfield", weighting)
+    fresh = kl_weighted("meanfield", weighting)
     fresh.trainable_module.load_state_dict(state)
     assert fresh.step == 3 and fresh.kl_weight == objective.kl_weight == weighting.weight(3)
 
@@ -286,10 +286,10 @@ def test_fit_checkpoints_and_resumes_the_schedule(tmp_path):
     weighting = KLWeighting(schedule="linear", warmup_steps=100)
     train = dict(batch_size=20, progress=False, device="cpu", val_every=0)
     run = RunDir.create(tmp_path, "run")
-    first = make_objective("trace", weighting)
+    first = kl_weighted("trace", weighting)
     fit(model, guide, x, estimator=first, train=TrainConfig(epochs=1, **train), run_dir=run)
     assert first.step == 3  # 60 points in batches of 20
-    resumed = make_objective("trace", weighting)
+    resumed = kl_weighted("trace", weighting)
     fit(model, guide, x, estimator=resumed, train=TrainConfig(epochs=2, **train), run_dir=run, resume=True)
     assert resumed.step == 6
 
@@ -342,7 +342,7 @@ def test_free_bits_keep_each_group_from_collapsing(base):
             model,
             guide,
             x,
-            estimator=make_objective(base, KLWeighting(free_bits=free_bits)),
+            estimator=kl_weighted(base, KLWeighting(free_bits=free_bits)),
             optim=OptimConfig(lr=0.05, schedule="cosine"),
             train=TrainConfig(epochs=40, batch_size=64, progress=False, device="cpu", val_every=0),
         )

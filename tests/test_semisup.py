@@ -18,7 +18,7 @@ from ppl_vae.config import config_from_dict, config_to_dict, load_config
 from ppl_vae.data import Dataset
 from ppl_vae.errors import ConfigError, DataError
 from ppl_vae.experiment import fit_experiment, load_run, resume_experiment
-from ppl_vae.inference.estimators import EstimatorConfig, make_estimator
+from ppl_vae.inference.estimators import estimator_config, make_estimator
 from ppl_vae.inference.fit import Callback, fit
 from ppl_vae.inference.semisup import (
     SemiSupervised_ELBO,
@@ -204,7 +204,7 @@ def test_enumerated_unlabelled_loss_equals_the_hand_computed_expectation_over_cl
     computed by hand with the very z_y the enumerated guide drew (same seed), to float precision."""
     model, guide = tiny_m2()
     x = tiny_digits(40).x_train[:6].bernoulli()
-    elbo = make_estimator(EstimatorConfig(name="enum"))
+    elbo = make_estimator(estimator_config("enum"))
     pyro.set_rng_seed(11)
     loss = elbo.loss(model, guide, x, None)
 
@@ -325,10 +325,11 @@ def test_relaxed_config_differs_in_the_label_family_and_estimator_only():
     relaxed = config_to_dict(load_config(CONFIGS / "ssvae_mnist_100_relaxed.yaml"))
     enum = config_to_dict(load_config(CONFIGS / "ssvae_mnist_100.yaml"))
     assert relaxed["estimator"]["name"] == "trace"
-    assert relaxed["model"]["latents"][0]["family"] == relaxed["guide"]["factors"][0]["family"] == "relaxed_categorical"
+    assert relaxed["model"]["latents"][0]["family"] == relaxed["guide"]["factors"][0]["head"] == "relaxed_categorical"
     for cfg in (relaxed, enum):
-        cfg["estimator"]["name"] = None
-        cfg["model"]["latents"][0]["family"] = cfg["guide"]["factors"][0]["family"] = None
+        cfg["estimator"] = None  # each estimator has its own options
+        cfg["model"]["latents"][0]["family"] = cfg["guide"]["factors"][0]["head"] = None
+        cfg["model"]["latents"][0]["temperature"] = None  # a relaxed family's option
     assert relaxed == enum
 
 
@@ -350,7 +351,7 @@ def test_semi_supervised_run_records_accuracy_and_writes_the_class_figures(tmp_p
     assert num_labelled(exp.data.y_train) == 50
 
     loaded = load_run(run, device="cpu")
-    grid = class_grid_images(loaded.model, num_styles=3)
+    grid = class_grid_images(loaded.model, loaded.data.x_shape, num_styles=3)
     assert grid.shape == (30, 64)
     rows3 = grid.reshape(3, 10, 64)
     assert not torch.allclose(rows3[:, 0], rows3[:, 1])  # the class changes the image
@@ -409,7 +410,7 @@ def test_m1_codes_of_training_images_come_from_binary_images_as_the_test_codes_d
     # M2's classifier must see codes of binary images in both, or it is tested on another kind of input.
     import pyro.distributions as dist
 
-    from ppl_vae.experiment import Experiment, m1_features
+    from ppl_vae.stages import m1_features
 
     def identity_guide(x, y=None):  # q(z|x) with mean x: the codes are the encoded images themselves
         with pyro.plate("data", x.shape[0]):
@@ -417,15 +418,14 @@ def test_m1_codes_of_training_images_come_from_binary_images_as_the_test_codes_d
 
     grey = torch.rand(40, 5) * 0.8 + 0.1
     data = Dataset("grey", grey, torch.bernoulli(grey[:10]), torch.bernoulli(grey[:10]), binarize="dynamic")
-    m1 = Experiment(config=None, data=data, model=None, guide=identity_guide)
-    codes = m1_features(m1, data)
+    codes = m1_features(identity_guide, data, data)
     for split in ("train", "val", "test"):
         x = getattr(codes, f"x_{split}")
         assert set(x.unique().tolist()) <= {0.0, 1.0}, split
     assert codes.binarize == "none"
     assert torch.equal(codes.train_noise, torch.ones(40, 5))  # M2 trains on draws from q(z1|x): its spread goes along
     plain = replace(data, binarize="none")  # grey levels throughout: used as they are
-    assert torch.equal(m1_features(replace(m1, data=plain), plain).x_train, grey)
+    assert torch.equal(m1_features(identity_guide, plain, plain).x_train, grey)
 
 
 def test_an_interruption_in_the_m1_stage_says_to_resume_the_m1_m2_run(tmp_path, monkeypatch):

@@ -11,12 +11,12 @@ import torch
 import yaml
 from pyro import poutine
 
-from ppl_vae import ConfigError, DataConfig, EstimatorConfig, EvalConfig, evaluate, fit, load_dataset
+from ppl_vae import ConfigError, DataConfig, estimator_config, EvalConfig, evaluate, fit, load_dataset
 from ppl_vae.cli import main
 from ppl_vae.config import config_from_dict, load_config
 from ppl_vae.models import VAE, VAEConfig
 from ppl_vae.models.presets import SPECS
-from ppl_vae.guides import NormalGuide, NormalGuideConfig
+from ppl_vae.guides import AmortizedGuideConfig, make_guide
 from ppl_vae.spec import (
     GuideFactorSpec,
     GuideSpec,
@@ -25,8 +25,8 @@ from ppl_vae.spec import (
     NetSpec,
     ObservedSpec,
     SpecError,
-    compile_spec,
 )
+from ppl_vae.compile import compile_spec
 
 from .helpers import quick_train
 
@@ -45,7 +45,7 @@ def test_shipped_spec_compiles_trains_and_evaluates(name, digits):
     model, guide = compile_spec(shipped.model, shipped.guide, data.x_shape)
     before = [p.detach().clone() for p in list(model.parameters()) + list(guide.parameters())]
     result = fit(
-        model, guide, data, estimator=EstimatorConfig(name=shipped.estimator),
+        model, guide, data, estimator=estimator_config(shipped.estimator),
         train=quick_train(epochs=1, batch_size=32, val_every=0),
     )
     assert math.isfinite(result.final_loss)
@@ -73,7 +73,7 @@ def test_every_shipped_config_is_in_the_registry():
 def test_compiled_vae_equals_hand_written_vae():
     x_shape, hidden, latent = (64,), (32,), 5
     hand_model = VAE(x_shape, VAEConfig(latent_dim=latent, hidden_dims=hidden))
-    hand_guide = NormalGuide(x_shape, latent, NormalGuideConfig(hidden_dims=hidden))
+    hand_guide = make_guide("amortized", hand_model, AmortizedGuideConfig(hidden_dims=hidden))
     net = NetSpec(hidden_dims=hidden)
     spec_model, spec_guide = compile_spec(
         ModelSpec(latents=(LatentSpec("z", dim=latent),), observed=ObservedSpec(parents=("z",), net=net)),
@@ -83,10 +83,8 @@ def test_compiled_vae_equals_hand_written_vae():
     # Same parameters: decoders are identical MLPs; the hand guide's last layer is the spec head's linear map.
     spec_model.decoder.load_state_dict(hand_model.decoder.state_dict())
     with torch.no_grad():
-        spec_guide.trunks["z"][0].weight.copy_(hand_guide.encoder[0].weight)
-        spec_guide.trunks["z"][0].bias.copy_(hand_guide.encoder[0].bias)
-        spec_guide.heads["z"].linear.weight.copy_(hand_guide.encoder[2].weight)
-        spec_guide.heads["z"].linear.bias.copy_(hand_guide.encoder[2].bias)
+        spec_guide.trunks["z"].load_state_dict(hand_guide.trunk.state_dict())
+        spec_guide.heads["z"].load_state_dict(hand_guide.heads["z"].state_dict())
     x = torch.rand(16, 64).round()
     losses = []
     for model, guide in [(hand_model, hand_guide), (spec_model, spec_guide)]:
@@ -135,7 +133,7 @@ YAML_MODELS = {
         guide:
           name: spec
           factors:
-            - {name: z, family: laplace, net: {hidden_dims: [32]}}
+            - {name: z, head: laplace, net: {hidden_dims: [32]}}
     """,
     "two_independent_groups": """
         model:
@@ -207,11 +205,11 @@ INVALID = {
         ["'z'", "unknown family 'gamma'"],
     ),
     "unknown guide family": (
-        _spec_config([{"name": "z"}], factors=[{"name": "z", "family": "cauchy"}]),
+        _spec_config([{"name": "z"}], factors=[{"name": "z", "head": "cauchy"}]),
         ["'z'", "cauchy"],
     ),
     "event-shape mismatch between model and guide": (
-        _spec_config([{"name": "z", "family": "categorical", "dim": 10}], factors=[{"name": "z", "family": "normal"}]),
+        _spec_config([{"name": "z", "family": "categorical", "dim": 10}], factors=[{"name": "z", "head": "normal"}]),
         ["'z'", "cannot stand in"],
     ),
     "unknown guide condition": (
@@ -276,7 +274,7 @@ def test_conditional_model_samples_cycle_through_classes(tmp_path):
 
     shipped = SPECS["cvae"]
     model, _ = compile_spec(shipped.model, shipped.guide, (64,))
-    images = sample_images(model, 20, seed=0)
+    images = sample_images(model, 20, (64,), seed=0)
     assert images.shape == (20, 64)
     # the same z with different classes gives different images: the class reaches the decoder
     z = torch.randn(1, 20).expand(10, 20)

@@ -1,17 +1,21 @@
 """Estimators, the training loop, evaluation and diagnostics."""
 
-from .estimators import ESTIMATORS, EstimatorConfig, check_estimator, make_estimator, parse_estimator
-from .evaluate import EvalConfig, EvalResult, evaluate, importance_log_likelihood, log_weights
-from .fit import Callback, FitContext, FitResult, OptimConfig, TrainConfig, check_data, fit, resolve_device
-from .gradients import GradientStats, gradient_stats
+from .checks import check_estimator
 from .diagnostics import PSISDiagnostics, importance_diagnostics, posterior_inference_data, psis_diagnostics
+from .estimators import ESTIMATORS, EstimatorConfig, estimator_config, make_estimator, parse_estimator
+from .evaluate import EvalConfig, EvalResult, evaluate, importance_log_likelihood, log_weights
+from .fit import Callback, FitContext, FitResult, check_data, fit
+from .gradients import GradientStats, gradient_stats
 from .iwae import IWAE_ELBO
-from .objectives import KLWeighted_ELBO, KLWeighting, make_objective
+from .objectives import KLWeighted_ELBO, KLWeighting, kl_weighted
+from .semisup import SemiSupervised_ELBO
+from .training import OptimConfig, TrainConfig, TrainingState, resolve_device
 
 __all__ = [
     "ESTIMATORS",
     "EstimatorConfig",
     "check_estimator",
+    "estimator_config",
     "make_estimator",
     "parse_estimator",
     "EvalConfig",
@@ -24,6 +28,7 @@ __all__ = [
     "FitResult",
     "OptimConfig",
     "TrainConfig",
+    "TrainingState",
     "check_data",
     "fit",
     "resolve_device",
@@ -36,5 +41,6 @@ __all__ = [
     "psis_diagnostics",
     "KLWeighted_ELBO",
     "KLWeighting",
-    "make_objective",
+    "SemiSupervised_ELBO",
+    "kl_weighted",
 ]

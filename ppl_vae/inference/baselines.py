@@ -15,22 +15,26 @@ from __future__ import annotations
 import math
 import weakref
 from collections import OrderedDict, defaultdict
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import pyro
 import torch
-from pyro.distributions.util import is_identically_zero
 from pyro.infer import TraceGraph_ELBO
-from pyro.infer.util import MultiFrameTensor
-from pyro.ops.provenance import detach_provenance, get_provenance
-from pyro.poutine.util import site_is_subsample
-from pyro.util import warn_if_nan
 from torch import nn
 
+from ..compat import (
+    MultiFrameTensor,
+    detach_provenance,
+    elbo_traces,
+    get_provenance,
+    is_identically_zero,
+    warn_if_nan,
+)
+from ..contract import DATA_PLATE
 from ..errors import ConfigError
 from ..nets import MLP
-from .jit import KeyedJit_ELBO, _jit_key, _split_none, _with_none, quiet_jit
-from .tracing import dry_trace
+from .jit import KeyedJit_ELBO, jit_key, quiet_jit, split_none, with_none
+from .tracing import dry_trace, latent_nodes
 
 __all__ = ["SiteBaseline", "BaselineTraceGraph_ELBO"]
 
@@ -49,7 +53,7 @@ class SiteBaseline(nn.Module):
     """
 
     def __init__(
-        self, beta: float, in_dim: Optional[int] = None, hidden_dims: tuple[int, ...] = (), activation: str = "tanh"
+        self, beta: float, in_dim: int | None = None, hidden_dims: tuple[int, ...] = (), activation: str = "tanh"
     ) -> None:
         super().__init__()
         self.beta = beta
@@ -64,7 +68,7 @@ class SiteBaseline(nn.Module):
             return self.average.detach()
         return (self.average / (1 - self.beta ** self.num_updates)).detach()
 
-    def forward(self, features: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: torch.Tensor | None) -> torch.Tensor:
         """The baseline, ``(...)`` for features ``(..., in_dim)``; a scalar for ``avg``."""
         if self.net is None:
             return self.running_average()
@@ -81,7 +85,7 @@ class _SiteInfo(NamedTuple):
     name: str  # guide site name
     key: str  # its key in trainable_module
     mode: str  # avg | nn
-    data_dim: Optional[int]  # the dim of the data plate in its batch shape
+    data_dim: int | None  # the dim of the data plate in its batch shape
     upstream: tuple[str, ...]  # earlier guide latents that feed its network (x_and_upstream)
 
 
@@ -143,7 +147,7 @@ class BaselineTraceGraph_ELBO(TraceGraph_ELBO):
         max_plate_nesting: int = 1,
         vectorize_particles: bool = True,
         baseline: str = "none",
-        site_baselines: Optional[dict[str, str]] = None,
+        site_baselines: dict[str, str] | None = None,
         baseline_beta: float = 0.9,
         baseline_hidden_dims: tuple[int, ...] = (64,),
         baseline_activation: str = "tanh",
@@ -164,23 +168,18 @@ class BaselineTraceGraph_ELBO(TraceGraph_ELBO):
         self.baseline_input = baseline_input
         self.jit = jit
         self.trainable_module = nn.ModuleDict()
-        self._sites: Optional[tuple[_SiteInfo, ...]] = None  # set by prepare
+        self._sites: tuple[_SiteInfo, ...] | None = None  # set by prepare
         self._compiled: OrderedDict = OrderedDict()
 
     # -- preparation ----------------------------------------------------------------------------
 
-    def prepare(self, model: Callable, guide: Callable, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
+    def prepare(self, model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """Find the guide's non-reparameterized sites and build their baselines (idempotent).
 
         :raises ConfigError: for a ``site_baselines`` entry that names no such site, or a
             neural baseline at a site outside the ``data`` plate.
         """
-        trace = dry_trace(guide, x, y)
-        latents = [
-            s
-            for s in trace.nodes.values()
-            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
-        ]
+        latents = latent_nodes(dry_trace(guide, x, y))
         discrete = [s for s in latents if not getattr(s["fn"], "has_rsample", False)]
         declared = [s["name"] for s in discrete if s["infer"].get("baseline")]
         if declared:
@@ -200,7 +199,7 @@ class BaselineTraceGraph_ELBO(TraceGraph_ELBO):
                 mode = self.site_baselines.get(site["name"], self.baseline)
                 if mode == "none":
                     continue
-                data_dims = [f.dim for f in site["cond_indep_stack"] if f.name == "data"]
+                data_dims = [f.dim for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
                 data_dim = data_dims[0] if data_dims else None
                 upstream: tuple[str, ...] = ()
                 in_dim = None
@@ -212,7 +211,7 @@ class BaselineTraceGraph_ELBO(TraceGraph_ELBO):
                         )
                     in_dim = math.prod(x.shape[1:])
                     if self.baseline_input == "x_and_upstream":
-                        ups = [u for u in latents[:index] if any(f.name == "data" for f in u["cond_indep_stack"])]
+                        ups = [u for u in latents[:index] if any(f.name == DATA_PLATE for f in u["cond_indep_stack"])]
                         upstream = tuple(u["name"] for u in ups)
                         in_dim += sum(_flat_value(u).shape[-1] for u in ups)
                 key = site["name"].replace(".", "_")
@@ -240,7 +239,7 @@ class BaselineTraceGraph_ELBO(TraceGraph_ELBO):
         elbo, surrogate_elbo = 0.0, 0.0
         out: list[torch.Tensor] = []
         baselined = {info.name: info for info in self._sites}
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in elbo_traces(self, model, guide, args, kwargs):
             downstream: dict = defaultdict(MultiFrameTensor)
             for site in model_trace.nodes.values():
                 if site["type"] == "sample":
@@ -288,14 +287,14 @@ class BaselineTraceGraph_ELBO(TraceGraph_ELBO):
             return self._terms(model, guide, args, kwargs)
         if kwargs:
             raise ValueError(f"jit_tracegraph passes only positional arguments, got {sorted(kwargs)}")
-        tensors, pattern = _split_none(args)
-        key = _jit_key(model, guide, tensors, pattern)
+        tensors, pattern = split_none(args)
+        key = jit_key(model, guide, tensors, pattern)
         compiled = self._compiled.get(key)
         if compiled is None:
             weakself = weakref.ref(self)
 
             def terms(*tensors):
-                return weakself()._terms(model, guide, _with_none(tensors, pattern), {})
+                return weakself()._terms(model, guide, with_none(tensors, pattern), {})
 
             compiled = pyro.ops.jit.trace(terms, ignore_warnings=True)
             self._compiled[key] = compiled

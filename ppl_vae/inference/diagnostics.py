@@ -35,13 +35,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
+from ..compat import site_is_subsample
+from ..contract import DATA_PLATE, PARTICLE_PLATE, HasXShape, capability
+from ..programs import as_modules
 from .evaluate import eval_mode, log_weights
 
 __all__ = [
@@ -160,7 +162,7 @@ def importance_diagnostics(
     model: Callable,
     guide: Callable,
     x: torch.Tensor,
-    y: Optional[torch.Tensor] = None,
+    y: torch.Tensor | None = None,
     num_samples: int = 1000,
     k_threshold: float = 0.7,
     max_rows: int = 50_000,
@@ -171,9 +173,9 @@ def importance_diagnostics(
 
     :param int max_rows: at most this many (sample, point) pairs are drawn in one pass.
     """
-    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
+    model, guide = as_modules(model, guide)
     chunk = max(1, max_rows // max(1, x.shape[0]))
-    with eval_mode(*modules):
+    with eval_mode(model, guide):
         parts = [
             log_weights(model, guide, x, y, min(chunk, num_samples - start)) for start in range(0, num_samples, chunk)
         ]
@@ -193,7 +195,7 @@ def _latent_draws(trace, num_samples: int) -> dict[str, np.ndarray]:
         value = site["value"]
         event_shape = tuple(value.shape[value.dim() - len(site["fn"].event_shape) :])
         batch_shape = tuple(value.shape[: value.dim() - len(event_shape)])
-        keep = {f.dim for f in site["cond_indep_stack"] if f.vectorized and f.name not in ("data", "particles")}
+        keep = {f.dim for f in site["cond_indep_stack"] if f.vectorized and f.name not in (DATA_PLATE, PARTICLE_PLATE)}
         # (K, ..., 1 (data), ..., *event) -> (K, *kept plates, *event)
         kept = [size for d, size in zip(range(1 - len(batch_shape), 0), batch_shape[1:]) if d in keep]
         value = value.expand((num_samples,) + tuple(value.shape[1:])) if batch_shape[:1] == (1,) else value
@@ -208,7 +210,7 @@ def posterior_inference_data(
     num_samples: int = 1000,
     resample: bool = True,
     *,
-    y: Optional[torch.Tensor] = None,
+    y: torch.Tensor | None = None,
     num_chains: int = 4,
 ) -> Any:
     r"""q(z|x) draws and importance-resampled draws for one data point, as an :class:`arviz.InferenceData`.
@@ -238,7 +240,8 @@ def posterior_inference_data(
     :param int num_chains: how many chains the K draws are split into. Defaults to 4.
     """
     x = x_single
-    if tuple(x.shape) == tuple(getattr(model, "x_shape", ())):
+    declared = capability(model, HasXShape)
+    if declared is not None and tuple(x.shape) == tuple(declared.x_shape):
         x = x.unsqueeze(0)
     if x.dim() == 0 or x.shape[0] != 1:
         raise ValueError(f"x_single must be one data point with a leading batch dimension of 1, got {tuple(x.shape)}")
@@ -246,9 +249,9 @@ def posterior_inference_data(
         raise ValueError(f"num_samples ({num_samples}) must be a positive multiple of num_chains ({num_chains})")
     az = _arviz()
     draws_per_chain = num_samples // num_chains
+    model, guide = as_modules(model, guide)
     tracer = poutine.trace(guide)
-    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
-    with eval_mode(*modules):
+    with eval_mode(model, guide):
         lw = log_weights(model, tracer, x, y, num_samples)[:, 0]  # (K,)
         draws = _latent_draws(tracer.trace, num_samples)  # the guide's draws behind those weights
     if not draws:

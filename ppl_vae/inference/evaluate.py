@@ -30,16 +30,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
+from ..contract import needs_labels
 from ..errors import DataError
+from ..programs import as_modules, seeded
+from ..schema import POSITIVE_INT, check_fields, documented
+from .tracing import broadcasts_particles, per_datum, sample_traces, weight_sites
+from .tracing import max_plate_nesting as max_plate_nesting_of
 
 __all__ = [
     "EvalConfig",
@@ -52,31 +53,41 @@ __all__ = [
 ]
 
 
+@documented
 @dataclass(frozen=True)
 class EvalConfig:
     """How to evaluate (the ``eval:`` section)."""
 
-    num_samples: int = 1000  # K importance samples per data point (Burda et al. 2015 use 5000)
-    batch_size: int = 100  # data points per evaluation batch
-    max_rows: int = 50_000  # at most this many (sample, data point) pairs in memory at once
+    #: K importance samples per data point (Burda et al. 2015 use 5000)
+    num_samples: int = 1000
+    #: data points per evaluation batch
+    batch_size: int = 100
+    #: at most this many (sample, data point) pairs in memory at once
+    max_rows: int = 50_000
+    #: seeds the importance samples, so an evaluation gives the same numbers every time
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("num_samples", "batch_size", "max_rows"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"eval.{key} must be a positive int, got {value!r}")
+        check_fields(self, "eval", num_samples=POSITIVE_INT, batch_size=POSITIVE_INT, max_rows=POSITIVE_INT)
 
 
+@documented
 @dataclass(frozen=True)
 class EvalResult:
     """Per-data-point averages in nats, with standard errors over the data points."""
 
-    elbo: float  # mean over points of the K-sample average of log w
-    elbo_stderr: float  # standard error of that mean over data points
-    log_likelihood: float  # mean over points of the importance-sampled log p(x)
-    log_likelihood_stderr: float  # standard error of that mean over data points
-    num_samples: int  # K
-    num_points: int  # data points evaluated
+    #: mean over points of the K-sample average of log w
+    elbo: float
+    #: standard error of that mean over data points
+    elbo_stderr: float
+    #: mean over points of the importance-sampled log p(x)
+    log_likelihood: float
+    #: standard error of that mean over data points
+    log_likelihood_stderr: float
+    #: K
+    num_samples: int
+    #: data points evaluated
+    num_points: int
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +97,7 @@ class eval_mode:
     """Context manager: modules in eval mode, no gradients, a private param store; restores on exit."""
 
     def __init__(self, *modules: torch.nn.Module) -> None:
-        self.modules = modules
+        self.modules = [m for m in modules if isinstance(m, torch.nn.Module)]
 
     def __enter__(self) -> "eval_mode":
         self._was_training = [m.training for m in self.modules]
@@ -105,118 +116,51 @@ class eval_mode:
             m.train(was)
 
 
-def _max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor, y: Optional[torch.Tensor]) -> int:
-    """The deepest plate nesting in model and guide, found by tracing one data point."""
-    y1 = y[:1] if y is not None else None
-    guide_trace = poutine.trace(guide).get_trace(x[:1], y1)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x[:1], y1)
-    depth = 1
-    for trace in (guide_trace, model_trace):
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                for frame in site["cond_indep_stack"]:
-                    if frame.vectorized and frame.dim is not None:
-                        depth = max(depth, -frame.dim)
-    return depth
-
-
-def _per_datum(
-    site: dict, nesting: int, shape: tuple[int, int], log_prob: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """Reduce a site's batch-shaped log-prob (or ``log_prob``, of the same shape) to ``(num_samples, num_points)``."""
-    data_dims = [f.dim for f in site["cond_indep_stack"] if f.name == "data"]
-    if not data_dims:
-        raise ValueError(
-            f"site {site['name']!r} is outside the 'data' plate; per-data-point bounds need every "
-            "latent variable to be local to a data point"
-        )
-    data_dim = data_dims[0]
-    lp = site["log_prob"] if log_prob is None else log_prob
-    # left-pad to (particles, *plates)
-    lp = lp.reshape((1,) * (nesting + 1 - lp.dim()) + tuple(lp.shape))
-    other = [d for d in range(-nesting, 0) if d != data_dim]
-    if other:
-        lp = lp.sum(other, keepdim=True)
-    # (K or 1, 1, ..., N or 1, 1, ...) -> (K, N)
-    return lp.reshape(lp.shape[0], -1).expand(shape)
-
-
-def sample_traces(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    y: Optional[torch.Tensor],
-    num_samples: int,
-    max_plate_nesting: int,
-) -> tuple[Trace, Trace]:
-    """Run the guide ``num_samples`` times in one vectorized pass, and the model against it.
-
-    The particles get a plate left of the model's plates, so every site has batch
-    shape ``(num_samples, *plates)``. Log-densities are not computed yet.
-
-    :returns: ``(model_trace, guide_trace)``.
-    """
-    with pyro.plate("particles", num_samples, dim=-(max_plate_nesting + 1)):
-        guide_trace = poutine.trace(guide).get_trace(x, y)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
-    return model_trace, guide_trace
-
-
-def weight_sites(model_trace: Trace, guide_trace: Trace) -> tuple[list[dict], list[dict]]:
-    """The model sites and the guide sites whose log-densities make up the log importance weight."""
-    model_sites = []
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if not site["is_observed"] and name not in guide_trace.nodes:
-            # A latent the guide leaves to the model is drawn from its prior: the proposal's
-            # density equals the prior's, and the two cancel in the weight.
-            continue
-        model_sites.append(site)
-    guide_sites = [
-        site
-        for site in guide_trace.nodes.values()
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-    ]
-    return model_sites, guide_sites
-
-
-def log_weights(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    y: Optional[torch.Tensor] = None,
-    num_samples: int = 1,
-    max_plate_nesting: Optional[int] = None,
-) -> torch.Tensor:
-    """Log importance weights ``log p(x, z) - log q(z|x)`` for each sample and data point.
-
-    :param model: a Pyro model ``model(x, y)`` with its data in a plate named ``data``.
-    :param guide: a guide with the same signature.
-    :param torch.Tensor x: a batch ``(N, *x_shape)``.
-    :param int num_samples: K, drawn in one vectorized pass.
-    :returns: a tensor of shape ``(K, N)``.
-    """
-    if max_plate_nesting is None:
-        max_plate_nesting = _max_plate_nesting(model, guide, x, y)
-    model_trace, guide_trace = sample_traces(model, guide, x, y, num_samples, max_plate_nesting)
+def _one_pass(model, guide, x, y, num_samples: int, nesting: int, vectorized: bool) -> torch.Tensor:
+    model_trace, guide_trace = sample_traces(model, guide, x, y, num_samples, nesting, vectorized)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
     shape = (num_samples, x.shape[0])
     total = x.new_zeros(shape)
     model_sites, guide_sites = weight_sites(model_trace, guide_trace)
     for site in model_sites:
-        total = total + _per_datum(site, max_plate_nesting, shape)
+        total = total + per_datum(site, nesting, shape)
     for site in guide_sites:
-        total = total - _per_datum(site, max_plate_nesting, shape)
+        total = total - per_datum(site, nesting, shape)
     return total
 
 
-def importance_log_likelihood(
-    model: Callable,
-    guide: Callable,
+def log_weights(
+    model,
+    guide,
     x: torch.Tensor,
-    y: Optional[torch.Tensor] = None,
+    y: torch.Tensor | None = None,
+    num_samples: int = 1,
+    max_plate_nesting: int | None = None,
+) -> torch.Tensor:
+    """Log importance weights ``log p(x, z) - log q(z|x)`` for each sample and data point.
+
+    The K samples are drawn in one vectorized pass, or one per pass when the model or guide does not
+    broadcast over a leading particle dimension (see :mod:`ppl_vae.contract`).
+
+    :param model: a Pyro model ``model(x, y)`` with its data in the plate ``data``.
+    :param guide: a guide with the same signature.
+    :param torch.Tensor x: a batch ``(N, *x_shape)``.
+    :param int num_samples: K.
+    :returns: a tensor of shape ``(K, N)``.
+    """
+    if max_plate_nesting is None:
+        max_plate_nesting = max_plate_nesting_of(model, guide, x, y)
+    if num_samples == 1 or broadcasts_particles(model, guide, x, y, max_plate_nesting):
+        return _one_pass(model, guide, x, y, num_samples, max_plate_nesting, True)
+    return torch.cat([_one_pass(model, guide, x, y, 1, max_plate_nesting, False) for _ in range(num_samples)])
+
+
+def importance_log_likelihood(
+    model,
+    guide,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
     num_samples: int = 1000,
     chunk_size: int = 500,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,7 +170,7 @@ def importance_log_likelihood(
 
     :returns: two tensors of shape ``(N,)``: the log-likelihood estimate and the ELBO estimate.
     """
-    nesting = _max_plate_nesting(model, guide, x, y)
+    nesting = max_plate_nesting_of(model, guide, x, y)
     lse, mean = None, x.new_zeros(x.shape[0])
     for start in range(0, num_samples, chunk_size):
         k = min(chunk_size, num_samples - start)
@@ -237,38 +181,42 @@ def importance_log_likelihood(
     return lse - math.log(num_samples), mean / num_samples
 
 
-def conditioning_labels(model, y):
-    """The labels a model must be given to score x: ``y`` for a model conditioned on an input y, else None.
+def conditioning_labels(model, y: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels a model must be given to score x: ``y`` for a model that needs them (a conditional
+    VAE, :class:`~ppl_vae.contract.NeedsLabels`), else None.
 
     Evaluation estimates log p(x); a semi-observed label (M2) stays latent there, and models without labels
     ignore them.
     """
-    return y if getattr(getattr(model, "spec", None), "inputs", ()) else None
+    return y if needs_labels(model) else None
 
 
 def evaluate(
-    model: Callable,
-    guide: Callable,
+    model,
+    guide,
     x: torch.Tensor,
-    y: Optional[torch.Tensor] = None,
+    y: torch.Tensor | None = None,
     config: EvalConfig | None = None,
     *,
     progress: bool = False,
 ) -> EvalResult:
     """Test ELBO and importance-sampled log p(x), in nats per data point, with standard errors.
 
-    Parameters are left untouched: modules run in eval mode without gradients.
+    Parameters are left untouched: modules run in eval mode without gradients. The samples are seeded
+    with ``config.seed`` (the global random number generators are left as they were), so the same
+    model, guide and data give the same numbers.
 
+    :param model: a Pyro model, a function or a module (see :mod:`ppl_vae.contract`).
     :param torch.Tensor x: data ``(N, *x_shape)`` on the model's device.
-    :param EvalConfig config: K, batch size and memory budget.
+    :param EvalConfig config: K, batch size, memory budget and seed.
     """
     config = config or EvalConfig()
     if x.shape[0] == 0:
         raise DataError("cannot evaluate on an empty data set")
+    model, guide = as_modules(model, guide)
     chunk = max(1, min(config.num_samples, config.max_rows // min(config.batch_size, x.shape[0])))
     ll_parts, elbo_parts = [], []
-    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
-    with eval_mode(*modules):
+    with eval_mode(model, guide), seeded(config.seed):
         starts = range(0, x.shape[0], config.batch_size)
         for start in tqdm(starts, desc=f"evaluate (K={config.num_samples})", disable=not progress, leave=False):
             xb = x[start : start + config.batch_size]

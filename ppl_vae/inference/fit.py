@@ -6,16 +6,14 @@ One step on a batch of B points is::
         loss = estimator.loss_and_grads(model, guide, x, y)
     optimizer.step(); optimizer.zero_grad()
 
-Pyro computes the loss (and its surrogate for score-function sites);
-``fit`` only feeds batches, steps a plain PyTorch optimizer over the modules'
-parameters, validates, writes metrics and checkpoints, and shows progress.
+Pyro computes the loss (and its surrogate for score-function sites); ``fit`` only feeds batches, steps a
+plain PyTorch optimizer over the parameters of the :class:`~ppl_vae.inference.training.TrainingState`,
+validates, writes metrics and checkpoints, and shows progress.
 
-Each fit runs in its own Pyro param-store scope, so nothing leaks from one
-run into another. A checkpoint is written at the end of each epoch and when
-the run is interrupted (Ctrl-C, or a callback's ``request_stop``); it holds
-everything needed to continue bit for bit: module, optimizer and scheduler
-state, param-store entries (e.g. TraceGraph baselines), every RNG state, and
-the position in the epoch.
+Each fit runs in its own Pyro param-store scope, so nothing leaks from one run into another. A
+checkpoint is written at the end of each epoch and when the run is interrupted (Ctrl-C, or a
+callback's ``request_stop``); it holds everything needed to continue bit for bit: the training state,
+every RNG state, and the position in the epoch.
 """
 
 from __future__ import annotations
@@ -28,93 +26,50 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
-from pyro.optim.clipped_adam import ClippedAdam
 from tqdm.auto import tqdm
 
+from ..contract import Classifier, HasLikelihood, HasXShape, capability, estimator_chain
 from ..data import Batches, Dataset, check_finite
-from ..labelled import MixedBatches, is_semi_supervised
 from ..errors import CheckpointError, ConfigError, DataError, FitInterrupted, NonFiniteLossError
-from ..runs import RunDir, capture_rng_state, param_store_state, restore_param_store, restore_rng_state
-from .estimators import EstimatorConfig, check_estimator, make_estimator
-from .semisup import classification_accuracy
+from ..labelled import MixedBatches, is_semi_supervised, training_example
+from ..programs import as_modules
+from ..runs import RunDir, capture_rng_state, restore_rng_state
+from .checks import check_estimator
+from .estimators import EstimatorConfig, make_estimator
+from .jit import KeyedJit_ELBO
 from .evaluate import EvalConfig, conditioning_labels, evaluate
+from .record import record_config
+from .semisup import SemiSupervised_ELBO, classification_accuracy
+from .tracing import broadcasts_particles, max_plate_nesting, rng_devices
+from .training import OptimConfig, TrainConfig, TrainingState, instantiate, resolve_device
 
-__all__ = ["OptimConfig", "TrainConfig", "FitResult", "Callback", "fit", "resolve_device", "check_data"]
-
-OPTIMIZERS = ("adam", "clipped_adam")
-SCHEDULES = ("constant", "exponential", "step", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimizer and learning-rate schedule (the ``optim:`` section)."""
-
-    name: str = "adam"  # adam | clipped_adam (Pyro's Adam with gradient-norm clipping)
-    lr: float = 1e-3  # initial learning rate
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
-    weight_decay: float = 0.0  # L2 penalty
-    clip_norm: float = 10.0  # clipped_adam: clip each parameter's gradient to this norm
-    schedule: str = "constant"  # constant | exponential | step | cosine, stepped once per epoch
-    gamma: float = 1.0  # exponential: lr factor per epoch; step: lr factor every step_size epochs
-    step_size: int = 1  # step: epochs between decays
-
-    def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"optim.name must be one of {list(OPTIMIZERS)}, got {self.name!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"optim.gamma must be in (0, 1], got {self.gamma!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
-        object.__setattr__(self, "betas", tuple(self.betas))
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How long and where to train (the ``train:`` section)."""
-
-    epochs: int = 10  # passes over the training set
-    batch_size: int = 100  # data points per step
-    seed: int = 0  # seeds initialisation, batch order, dynamic binarization and sampling
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    val_every: int = 1  # validate every N epochs; 0 never
-    val_num_samples: int = 1  # importance samples per point in validation (1: the ELBO only)
-    checkpoint_every: int = 1  # write a checkpoint every N epochs (always at the end and on interrupt)
-    progress: bool = True  # show a progress bar
-    validate_steps: int = 20  # keep Pyro's argument validation for the first N steps of a fit call, then skip it; -1 always
-
-    def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "val_num_samples", "checkpoint_every"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"train.{key} must be a positive int, got {value!r}")
-        if not isinstance(self.validate_steps, int) or self.validate_steps < -1:
-            raise ValueError(f"train.validate_steps must be an int >= -1, got {self.validate_steps!r}")
-        if not isinstance(self.val_every, int) or self.val_every < 0:
-            raise ValueError(f"train.val_every must be an int >= 0, got {self.val_every!r}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ValueError(f"train.device must be one of {list(DEVICES)} or 'cuda:N', got {self.device!r}")
+__all__ = ["OptimConfig", "TrainConfig", "FitResult", "Callback", "FitContext", "fit", "resolve_device", "check_data"]
 
 
 @dataclass
 class FitResult:
     """What :func:`fit` returns."""
 
-    history: list[dict]  # one metrics row per epoch run in this call
-    epochs_done: int  # epochs completed in total (including those before a resume)
-    device: str  # where training ran
-    run_dir: Optional[RunDir] = None  # where checkpoints and metrics went, if anywhere
-    final_loss: float = float("nan")  # training loss of the last epoch, nats per point
+    #: one metrics row per epoch run in this call
+    history: list[dict]
+    #: epochs completed in total (including those before a resume)
+    epochs_done: int
+    #: where training ran
+    device: str
+    #: where checkpoints and metrics went, if anywhere
+    run_dir: RunDir | None = None
+    #: training loss of the last epoch, nats per point
+    final_loss: float = float("nan")
+    #: the trained model as a module (a function model's :class:`~ppl_vae.programs.FunctionProgram`)
+    model: torch.nn.Module | None = None
+    #: the trained guide as a module
+    guide: torch.nn.Module | None = None
 
 
 class Callback:
@@ -133,76 +88,18 @@ class FitContext:
 
     model: torch.nn.Module
     guide: torch.nn.Module
-    estimator: Optional[ELBO] = None  # the ELBO object being trained with
-    epoch: int = 0  # the epoch in progress, counted from 0
-    step: int = 0  # the step in progress within the epoch
+    #: the ELBO object being trained with
+    estimator: ELBO | None = None
+    #: the epoch in progress, counted from 0
+    epoch: int = 0
+    #: the step in progress within the epoch
+    step: int = 0
     stop_requested: bool = False
     extra: dict = field(default_factory=dict)
 
     def request_stop(self) -> None:
         """Stop after the current step, writing a checkpoint to resume from."""
         self.stop_requested = True
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was requested but CUDA is not available; use device: cpu or auto")
-    return torch.device(name)
-
-
-def check_data(model: torch.nn.Module, data: Dataset) -> None:
-    """Check shapes, finiteness and the likelihood's support before any training step.
-
-    :raises DataError: naming the split and what is wrong with it.
-    """
-    x_shape = getattr(model, "x_shape", None)
-    likelihood = getattr(model, "likelihood", None)
-    for split in ("train", "val", "test"):
-        x = getattr(data, f"x_{split}")
-        if x is None or x.numel() == 0:
-            continue
-        if x_shape is not None and tuple(x.shape[1:]) != tuple(x_shape):
-            raise DataError(
-                f"{split} data has items of shape {tuple(x.shape[1:])} (data shape {tuple(x.shape)}), "
-                f"but the model expects items of shape {tuple(x_shape)}"
-            )
-        check_finite(x, f"{split} data")
-        if likelihood is not None:
-            # Dynamic binarization makes training batches binary, whatever the stored grey levels.
-            binary_batches = split == "train" and data.binarize == "dynamic"
-            try:
-                likelihood.check_data(x, what=f"{split} data", binarized=binary_batches)
-            except ValueError as err:
-                raise DataError(str(err)) from None
-
-
-def _make_optimizer(params: list[torch.Tensor], config: OptimConfig) -> torch.optim.Optimizer:
-    if config.name == "clipped_adam":
-        return ClippedAdam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, clip_norm=config.clip_norm)
-    return torch.optim.Adam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-
-
-def _make_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, epochs: int):
-    if config.schedule == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.gamma)
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-
-
-def _unique_parameters(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
-    seen, out = set(), []
-    for m in modules:
-        for p in m.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out
 
 
 class _SigintToStop:
@@ -227,18 +124,248 @@ class _SigintToStop:
             signal.signal(signal.SIGINT, self.previous)
 
 
+def check_data(model, data: Dataset) -> None:
+    """Check shapes, finiteness and the likelihood's support before any training step.
+
+    Shapes are checked against a model that declares ``x_shape``, the support against one that declares
+    its ``likelihood`` (see :mod:`ppl_vae.contract`).
+
+    :raises DataError: naming the split and what is wrong with it.
+    """
+    shaped, with_likelihood = capability(model, HasXShape), capability(model, HasLikelihood)
+    for split in ("train", "val", "test"):
+        x = getattr(data, f"x_{split}")
+        if x is None or x.numel() == 0:
+            continue
+        if shaped is not None and tuple(x.shape[1:]) != tuple(shaped.x_shape):
+            raise DataError(
+                f"{split} data has items of shape {tuple(x.shape[1:])} (data shape {tuple(x.shape)}), "
+                f"but the model expects items of shape {tuple(shaped.x_shape)}"
+            )
+        check_finite(x, f"{split} data")
+        if with_likelihood is not None:
+            # Dynamic binarization makes training batches binary, whatever the stored grey levels.
+            binary_batches = split == "train" and data.binarize == "dynamic"
+            try:
+                with_likelihood.likelihood.check_data(x, what=f"{split} data", binarized=binary_batches)
+            except ValueError as err:
+                raise DataError(str(err)) from None
+
+
+# -- before the loop --------------------------------------------------------------------------------
+
+
+def _as_dataset(data: Dataset | torch.Tensor) -> Dataset:
+    data = data if isinstance(data, Dataset) else Dataset.from_tensor(data)
+    if data.x_train.shape[0] == 0:
+        raise DataError("the training set is empty")
+    return data
+
+
+def _batches(data: Dataset, train: TrainConfig, labelled_per_batch: int | None):
+    common = dict(batch_size=train.batch_size, seed=train.seed, binarize=data.binarize == "dynamic", noise=data.train_noise)
+    if is_semi_supervised(data.y_train) and labelled_per_batch is not None:
+        try:
+            return MixedBatches(data.x_train, data.y_train, labelled_per_batch=labelled_per_batch, **common)
+        except ValueError as err:
+            raise ConfigError(f"semi_supervised.labelled_per_batch: {err}") from None
+    return Batches(data.x_train, data.y_train, **common)
+
+
+def _check_estimator_fits(elbo: ELBO, model, guide, data: Dataset) -> None:
+    """The estimator's rules, the semi-supervised pairing, and particles for a model that does not broadcast."""
+    semi_supervised = any(isinstance(e, SemiSupervised_ELBO) for e in estimator_chain(elbo))
+    if is_semi_supervised(data.y_train) and not semi_supervised:
+        raise ConfigError(
+            "the training labels mark unlabelled points (-1), but the estimator is not semi-supervised; "
+            "wrap it: SemiSupervised_ELBO(make_estimator('enum'), aux_weight=...) (config section semi_supervised:)"
+        )
+    x2, y2 = training_example(data)
+    with torch.random.fork_rng(devices=rng_devices(x2)):
+        # Learned estimator state (neural baselines) is initialised from the training seed, whatever it drew.
+        check_estimator(elbo, model, guide, x2, y2)
+    vectorized = [e for e in estimator_chain(elbo) if e.num_particles > 1 and e.vectorize_particles]
+    if vectorized:
+        y_check = None if semi_supervised else y2
+        with torch.no_grad():
+            nesting = max_plate_nesting(model, guide, x2, y_check)
+        if not broadcasts_particles(model, guide, x2, y_check, nesting):
+            for e in vectorized:
+                if isinstance(e, KeyedJit_ELBO):
+                    e.draw_particles_one_at_a_time()
+                else:
+                    e.vectorize_particles = False
+
+
+
+def _open_run(run_dir: RunDir | str | os.PathLike | None, resume: bool) -> RunDir | None:
+    run = RunDir(run_dir) if isinstance(run_dir, (str, os.PathLike)) else run_dir
+    if resume and (run is None or not run.has_checkpoint()):
+        raise CheckpointError(f"cannot resume: {run.path if run else 'no run directory given'} has no checkpoint")
+    return run
+
+
+@dataclass
+class _Position:
+    """Where a run stands: the epoch and step to run next, the batch generator, the epoch's running loss."""
+
+    epoch: int = 0
+    step: int = 0
+    generator: torch.Tensor | None = None
+    loss_sum: float = 0.0
+    points: int = 0
+
+    def payload(self) -> dict:
+        return {
+            "epoch": self.epoch, "step": self.step, "batch_generator": self.generator,
+            "epoch_loss_sum": self.loss_sum, "epoch_points": self.points,
+        }
+
+
+def _save(run: RunDir | None, state: TrainingState, position: _Position) -> None:
+    if run is not None:
+        run.save_checkpoint({**position.payload(), **state.state_dict(), "rng": capture_rng_state()})
+
+
+def _restore(run: RunDir, state: TrainingState, device: torch.device) -> _Position:
+    saved = run.load_checkpoint(map_location=device)
+    state.load_state_dict(saved, str(run.path))
+    restore_rng_state(saved["rng"])
+    run.truncate_metrics(saved["epoch"])
+    return _Position(saved["epoch"], saved["step"], saved.get("batch_generator"), saved.get("epoch_loss_sum", 0.0), saved.get("epoch_points", 0))
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+
+class _Stepper:
+    """One optimizer step: validation for the first steps only, and a clear error for a non-finite loss."""
+
+    def __init__(self, state: TrainingState, train: TrainConfig, run: RunDir | None) -> None:
+        self.state, self.train, self.run = state, train, run
+        self.steps_run = 0
+        self.param_count = state.param_count()
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor | None, epoch: int, step: int) -> float:
+        # The data were checked up front and non-finite losses are caught below, so after the first steps
+        # Pyro's per-sample argument checks only cost time (about 20% of a step).
+        validating = self.train.validate_steps < 0 or self.steps_run < self.train.validate_steps
+        self.steps_run += 1
+        state = self.state
+        try:
+            with poutine.scale(scale=1.0 / xb.shape[0]), (
+                nullcontext() if validating else pyro.validation_enabled(False)
+            ), warnings.catch_warnings():
+                # A NaN loss gets a clear error below; Pyro's own warning would only repeat it.
+                warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+                loss = float(state.estimator.loss_and_grads(state.model, state.guide, xb, yb))
+        except ValueError:
+            # Pyro's validation rejects NaN distribution parameters before a loss exists.
+            if all(bool(torch.isfinite(p).all()) for p in state.params):
+                raise
+            loss = float("nan")
+        if not math.isfinite(loss):
+            kept = f"; the last good checkpoint is kept in {self.run.path}" if self.run else ""
+            raise NonFiniteLossError(
+                f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}{kept}. Try a lower optim.lr, "
+                "optim.name: clipped_adam, or check the data"
+            )
+        if self.steps_run == 1 and state.param_count() != self.param_count:
+            raise ConfigError(
+                "the model or guide created parameters during the first training step that did not exist after a "
+                "first call on two points; create every parameter on the first call"
+            )
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+def _epoch_metrics(state: TrainingState, data: Dataset, train: TrainConfig, epoch: int, position: _Position, seconds: float) -> dict:
+    metrics = {
+        "epoch": epoch + 1,
+        "train_loss": position.loss_sum / max(position.points, 1),
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "epoch_time_s": seconds,
+    }
+    if train.val_every and (epoch + 1) % train.val_every == 0 and data.x_val.shape[0] > 0:
+        val_config = EvalConfig(num_samples=train.val_num_samples, batch_size=max(train.batch_size, 100), seed=train.seed + epoch)
+        val = evaluate(state.model, state.guide, data.x_val, conditioning_labels(state.model, data.y_val), val_config)
+        metrics["val_elbo"], metrics["val_elbo_stderr"] = val.elbo, val.elbo_stderr
+        if train.val_num_samples > 1:
+            metrics["val_log_likelihood"] = val.log_likelihood
+    if capability(state.guide, Classifier) is not None:
+        for split in ("val", "test"):
+            x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+            if x.shape[0] and y is not None:
+                metrics[f"{split}_accuracy"] = classification_accuracy(state.guide, x, y)
+    return metrics
+
+
+def _summary(metrics: dict, epochs: int) -> str:
+    line = f"epoch {metrics['epoch']}/{epochs}  train loss {metrics['train_loss']:.3f}"
+    if "val_elbo" in metrics:
+        line += f"  val ELBO {metrics['val_elbo']:.3f}"
+    if "test_accuracy" in metrics:
+        line += f"  test error {100 * (1 - metrics['test_accuracy']):.2f}%"
+    return line
+
+
+def _interrupted(run: RunDir | None, where: str) -> FitInterrupted:
+    resume = f"; resume with: ppl-vae fit --resume {run.path}" if run else ""
+    return FitInterrupted(f"interrupted {where}{resume}", str(run.path) if run else None)
+
+
+def _run_epochs(state, batches, data, run, position, train, callbacks) -> list[dict]:
+    """The loop: epochs of steps, then each epoch's metrics and checkpoint. Returns the metrics rows."""
+    ctx, history = FitContext(state.model, state.guide, state.estimator), []
+    stepper = _Stepper(state, train, run)
+    total = train.epochs * len(batches)
+    bar = tqdm(total=total, initial=min(total, position.epoch * len(batches) + position.step), disable=not train.progress, unit="step", dynamic_ncols=True)
+    with bar, _SigintToStop(ctx):
+        for epoch in range(position.epoch, train.epochs):
+            ctx.epoch, t0 = epoch, time.perf_counter()
+            for step, xb, yb in batches.epoch(epoch, position.step, position.generator):
+                ctx.step = step
+                loss = stepper(xb, yb, epoch, step)
+                position.loss_sum, position.points = position.loss_sum + loss * xb.shape[0], position.points + xb.shape[0]
+                bar.update(1)
+                if step % 10 == 0 or step == len(batches) - 1:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{position.loss_sum / position.points:.3f}", refresh=False)
+                for cb in callbacks:
+                    cb.on_step(ctx, loss)
+                if ctx.stop_requested and step + 1 < len(batches):
+                    _save(run, state, _Position(epoch, step + 1, batches.generator.get_state(), position.loss_sum, position.points))
+                    raise _interrupted(run, f"at epoch {epoch + 1}, step {step + 1}")
+            state.scheduler.step()
+            metrics = _epoch_metrics(state, data, train, epoch, position, time.perf_counter() - t0)
+            for cb in callbacks:
+                cb.on_epoch_end(ctx, metrics)
+            history.append(metrics)
+            if train.progress and ("val_elbo" in metrics or "test_accuracy" in metrics or epoch + 1 == train.epochs):
+                bar.write(_summary(metrics, train.epochs))
+            position = _Position(epoch + 1)
+            if run is not None:
+                run.append_metrics(metrics)
+                if (epoch + 1) % train.checkpoint_every == 0 or epoch + 1 == train.epochs or ctx.stop_requested:
+                    _save(run, state, position)
+            if ctx.stop_requested and epoch + 1 < train.epochs:
+                raise _interrupted(run, f"after epoch {epoch + 1}")
+    return history
+
+
 def fit(
-    model: torch.nn.Module,
-    guide: torch.nn.Module,
+    model,
+    guide,
     data: Dataset | torch.Tensor,
     *,
     estimator: EstimatorConfig | str | ELBO | None = None,
     optim: OptimConfig | None = None,
     train: TrainConfig | None = None,
-    run_dir: RunDir | str | None = None,
+    run_dir: RunDir | str | os.PathLike | None = None,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
-    labelled_per_batch: Optional[int] = None,
+    labelled_per_batch: int | None = None,
+    run_config: dict | None = None,
 ) -> FitResult:
     r"""Train ``model`` and ``guide`` by stochastic variational inference.
 
@@ -250,220 +377,63 @@ def fit(
         \mathcal{L}(\theta, \phi) = \frac{1}{B} \sum_{i=1}^{B}
         \mathbb{E}_{q_\phi(z|x_i)}\left[\log p_\theta(x_i, z) - \log q_\phi(z|x_i)\right]
 
-    :param model: a Pyro model ``model(x, y)`` (a ``PyroModule``).
+    :param model: a Pyro model ``model(x, y=None)``: a ``PyroModule`` or a function (see :mod:`ppl_vae.contract`).
     :param guide: a Pyro guide with the same signature.
     :param data: a :class:`~ppl_vae.data.Dataset`, or a tensor ``(N, *x_shape)`` of training data.
     :param estimator: an :class:`EstimatorConfig`, a registry name, or a Pyro ELBO. Defaults to ``"trace"``.
     :param OptimConfig optim: optimizer and schedule. Defaults to Adam with lr 1e-3.
     :param TrainConfig train: epochs, batch size, seed, device, validation.
-    :param run_dir: where to write metrics and checkpoints; None keeps everything in memory.
+    :param run_dir: where to write metrics and checkpoints (created when missing); None keeps everything
+        in memory. Everything that can be checked is checked before it is created. Without a
+        ``config.yaml`` there, one is written that the CLI can reopen (:mod:`ppl_vae.inference.record`).
     :param bool resume: continue from the checkpoint in ``run_dir``.
     :param callbacks: :class:`Callback` objects.
     :param int labelled_per_batch: semi-supervised data only (training labels -1 where hidden, see
         :func:`ppl_vae.labelled.hide_labels`): draw :class:`~ppl_vae.labelled.MixedBatches` with this many
         labelled points per batch. None: plain shuffled batches.
+    :param dict run_config: the config mapping to write into a new run directory (``config.yaml``); None
+        records one from the objects (:func:`~ppl_vae.inference.record.record_config`).
 
-    When the guide has a classifier q(y|x) (``label_dist``, as M2's) and the data have labels, every
-    epoch also records ``val_accuracy`` and ``test_accuracy``.
+    When the guide has a classifier q(y|x) (M2's) and the data have labels, every epoch also records
+    ``val_accuracy`` and ``test_accuracy``.
+
+    :raises ConfigError: for an estimator that cannot train the model and guide, or a model or guide that
+        breaks the contract, before anything is written.
     :raises NonFiniteLossError: when the loss becomes NaN or inf; the last good checkpoint is kept.
     :raises FitInterrupted: on Ctrl-C or ``request_stop``, after writing a checkpoint.
     """
-    optim = optim or OptimConfig()
-    train = train or TrainConfig()
-    elbo = make_estimator(estimator)
-    if not isinstance(data, Dataset):
-        data = Dataset.from_tensor(data)
-    if data.x_train.shape[0] == 0:
-        raise DataError("the training set is empty")
+    optim, train = optim or OptimConfig(), train or TrainConfig()
+    data, run = _as_dataset(data), _open_run(run_dir, resume)
+    model, guide = as_modules(model, guide)
+    elbo, device = make_estimator(estimator), resolve_device(train.device)
     check_data(model, data)
-    device = resolve_device(train.device)
-    run = RunDir(run_dir) if isinstance(run_dir, (str, os.PathLike)) else run_dir
-    if resume and (run is None or not run.has_checkpoint()):
-        raise CheckpointError(f"cannot resume: {run.path if run else 'no run directory given'} has no checkpoint")
-
-    # Estimators with learned state (e.g. neural baselines) expose it as ``estimator.trainable_module``.
-    estimator_module = getattr(elbo, "trainable_module", None)
-    modules = [m for m in (model, guide, estimator_module) if m is not None]
-    for m in modules:
-        m.to(device)
     data = data.to(device)
-    semi_supervised = is_semi_supervised(data.y_train)
-    if semi_supervised and not getattr(elbo, "check_without_labels", False):
-        raise ConfigError(
-            "the training labels mark unlabelled points (-1), but the estimator is not semi-supervised; "
-            "wrap it: SemiSupervised_ELBO(make_estimator('enum'), aux_weight=...) (config section semi_supervised:)"
-        )
-    check_estimator(elbo, model, guide, data.x_train[:2], None if data.y_train is None else data.y_train[:2])
-    if semi_supervised and labelled_per_batch is not None:
-        try:
-            batches = MixedBatches(
-                data.x_train, data.y_train, batch_size=train.batch_size, labelled_per_batch=labelled_per_batch,
-                seed=train.seed, binarize=data.binarize == "dynamic", noise=data.train_noise,
-            )
-        except ValueError as err:
-            raise ConfigError(f"semi_supervised.labelled_per_batch: {err}") from None
-    else:
-        batches = Batches(
-            data.x_train, data.y_train, batch_size=train.batch_size, seed=train.seed,
-            binarize=data.binarize == "dynamic", noise=data.train_noise,
-        )
-    has_classifier = getattr(guide, "label_site", None) is not None and data.y_val is not None
-    params = _unique_parameters(*modules)
-    optimizer = _make_optimizer(params, optim)
-    scheduler = _make_scheduler(optimizer, optim, train.epochs)
-    ctx = FitContext(model, guide, elbo)
-    history: list[dict] = []
-    val_config = EvalConfig(num_samples=train.val_num_samples, batch_size=max(train.batch_size, 100))
-
+    batches = _batches(data, train, labelled_per_batch)
     with pyro.get_param_store().scope():
-        start_epoch, start_step, gen_state, loss_sum, points = 0, 0, None, 0.0, 0
-        if resume:
-            state = run.load_checkpoint(map_location=device)
-            try:
-                model.load_state_dict(state["model"])
-                guide.load_state_dict(state["guide"])
-                if estimator_module is not None:
-                    estimator_module.load_state_dict(state["estimator"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-            except (RuntimeError, KeyError, ValueError) as err:
-                raise CheckpointError(f"checkpoint in {run.path} does not match this model and guide: {err}") from None
-            restore_param_store(state.get("param_store", {}), device)
-            restore_rng_state(state["rng"])
-            start_epoch, start_step = state["epoch"], state["step"]
-            gen_state = state.get("batch_generator")
-            loss_sum, points = state.get("epoch_loss_sum", 0.0), state.get("epoch_points", 0)
-            run.truncate_metrics(start_epoch)
-        else:
+        if not resume:
             pyro.set_rng_seed(train.seed)
-
-        module_param_ids = {id(p) for p in params}
-
-        def checkpoint(epoch: int, step: int, generator_state: Optional[torch.Tensor]) -> None:
-            if run is None:
-                return
-            run.save_checkpoint(
-                {
-                    "epoch": epoch,
-                    "step": step,
-                    "model": model.state_dict(),
-                    "guide": guide.state_dict(),
-                    "estimator": estimator_module.state_dict() if estimator_module is not None else {},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "param_store": param_store_state(module_param_ids),
-                    "rng": capture_rng_state(),
-                    "batch_generator": generator_state,
-                    "epoch_loss_sum": loss_sum,
-                    "epoch_points": points,
-                }
-            )
-
-        total_steps = train.epochs * len(batches)
-        done_steps = min(total_steps, start_epoch * len(batches) + start_step)
-        bar = tqdm(total=total_steps, initial=done_steps, disable=not train.progress, unit="step", dynamic_ncols=True)
-        for m in modules:
+        state = _prepare(model, guide, elbo, data, device, optim, train)
+        if run is not None:
+            run.path.mkdir(parents=True, exist_ok=True)
+            if not run.config_path.is_file():
+                run.write_config(run_config or record_config(model, guide, data, elbo, optim, train))
+        position = _restore(run, state, device) if resume else _Position()
+        for m in state.modules:
             m.train()
-        epoch = start_epoch
-        steps_run = 0
-        try:
-            with _SigintToStop(ctx):
-                for epoch in range(start_epoch, train.epochs):
-                    ctx.epoch = epoch
-                    t0 = time.perf_counter()
-                    first = start_step if epoch == start_epoch else 0
-                    state_in = gen_state if epoch == start_epoch else None
-                    for step, xb, yb in batches.epoch(epoch, first, state_in):
-                        ctx.step = step
-                        # The data were checked up front and non-finite losses are caught below, so after the
-                        # first steps Pyro's per-sample argument checks only cost time (about 20% of a step).
-                        validating = train.validate_steps < 0 or steps_run < train.validate_steps
-                        steps_run += 1
-                        try:
-                            with poutine.scale(scale=1.0 / xb.shape[0]), (
-                                nullcontext() if validating else pyro.validation_enabled(False)
-                            ), warnings.catch_warnings():
-                                # A NaN loss gets a clear error below; Pyro's own warning would only repeat it.
-                                warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-                                loss = float(elbo.loss_and_grads(model, guide, xb, yb))
-                        except ValueError:
-                            # Pyro's validation rejects NaN distribution parameters before a loss exists.
-                            if all(bool(torch.isfinite(p).all()) for p in params):
-                                raise
-                            loss = float("nan")
-                        if not math.isfinite(loss):
-                            where = f"epoch {epoch + 1}, step {step + 1}"
-                            kept = f"; the last good checkpoint is kept in {run.path}" if run else ""
-                            raise NonFiniteLossError(
-                                f"the loss became {loss} at {where}{kept}. Try a lower optim.lr, "
-                                "optim.name: clipped_adam, or check the data"
-                            )
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        loss_sum += loss * xb.shape[0]
-                        points += xb.shape[0]
-                        bar.update(1)
-                        if step % 10 == 0 or step == len(batches) - 1:
-                            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / points:.3f}", refresh=False)
-                        for cb in callbacks:
-                            cb.on_step(ctx, loss)
-                        if ctx.stop_requested:
-                            if step + 1 == len(batches):
-                                break  # finish the epoch's bookkeeping below, then stop
-                            checkpoint(epoch, step + 1, batches.generator.get_state())
-                            raise FitInterrupted(
-                                f"interrupted at epoch {epoch + 1}, step {step + 1}"
-                                + (f"; resume with: ppl-vae fit --resume {run.path}" if run else ""),
-                                str(run.path) if run else None,
-                            )
-                    scheduler.step()
-                    metrics = {
-                        "epoch": epoch + 1,
-                        "train_loss": loss_sum / max(points, 1),
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "epoch_time_s": time.perf_counter() - t0,
-                    }
-                    if train.val_every and (epoch + 1) % train.val_every == 0 and data.x_val.shape[0] > 0:
-                        val = evaluate(model, guide, data.x_val, conditioning_labels(model, data.y_val), val_config)
-                        metrics["val_elbo"] = val.elbo
-                        metrics["val_elbo_stderr"] = val.elbo_stderr
-                        if train.val_num_samples > 1:
-                            metrics["val_log_likelihood"] = val.log_likelihood
-                    if has_classifier:
-                        for split in ("val", "test"):
-                            if getattr(data, f"x_{split}").shape[0] and getattr(data, f"y_{split}") is not None:
-                                metrics[f"{split}_accuracy"] = classification_accuracy(
-                                    guide, getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-                                )
-                    for cb in callbacks:
-                        cb.on_epoch_end(ctx, metrics)
-                    history.append(metrics)
-                    summary = f"epoch {epoch + 1}/{train.epochs}  train loss {metrics['train_loss']:.3f}"
-                    if "val_elbo" in metrics:
-                        summary += f"  val ELBO {metrics['val_elbo']:.3f}"
-                    if "test_accuracy" in metrics:
-                        summary += f"  test error {100 * (1 - metrics['test_accuracy']):.2f}%"
-                    if train.progress and ("val_elbo" in metrics or "test_accuracy" in metrics or epoch + 1 == train.epochs):
-                        bar.write(summary)
-                    loss_sum, points = 0.0, 0
-                    if run is not None:
-                        run.append_metrics(metrics)
-                        if (epoch + 1) % train.checkpoint_every == 0 or epoch + 1 == train.epochs or ctx.stop_requested:
-                            checkpoint(epoch + 1, 0, None)
-                    if ctx.stop_requested and epoch + 1 < train.epochs:
-                        raise FitInterrupted(
-                            f"interrupted after epoch {epoch + 1}"
-                            + (f"; resume with: ppl-vae fit --resume {run.path}" if run else ""),
-                            str(run.path) if run else None,
-                        )
-                epoch = train.epochs
-        finally:
-            bar.close()
+        history = _run_epochs(state, batches, data, run, position, train, callbacks)
+    final = history[-1]["train_loss"] if history else float("nan")
+    return FitResult(history, max(position.epoch, train.epochs), str(device), run, final, state.model, state.guide)
 
-    return FitResult(
-        history=history,
-        epochs_done=max(epoch, start_epoch),
-        device=str(device),
-        run_dir=run,
-        final_loss=history[-1]["train_loss"] if history else float("nan"),
-    )
+
+def _prepare(model, guide, elbo: ELBO, data: Dataset, device: torch.device, optim: OptimConfig, train: TrainConfig) -> TrainingState:
+    """Move to the device, create lazy parameters, check the estimator and collect the training state."""
+    for m in (model, guide):
+        m.to(device)
+    instantiate(model, guide, *training_example(data), without_labels=is_semi_supervised(data.y_train))
+    for m in (model, guide):
+        m.to(device)  # parameters created by the first call, on whatever device the user code chose
+    _check_estimator_fits(elbo, model, guide, data)
+    state = TrainingState.create(model, guide, elbo, optim, train.epochs)
+    if state.estimator_state is not None:
+        state.estimator_state.to(device)
+    return state

@@ -33,14 +33,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
 
-from .estimators import EstimatorConfig, check_estimator, make_estimator
+from ..contract import HasTrainableState, capability
+from ..programs import as_modules
+from .checks import check_estimator
+from .estimators import EstimatorConfig, make_estimator
 
 __all__ = ["GradientStats", "GroupGradientStats", "gradient_stats"]
 
@@ -95,17 +98,17 @@ def _flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
 def gradient_stats(
     model: Callable,
     guide: Callable,
-    elbo: ELBO | EstimatorConfig | str,
+    estimator: ELBO | EstimatorConfig | str,
     x: torch.Tensor,
-    y: Optional[torch.Tensor] = None,
+    y: torch.Tensor | None = None,
     num_draws: int = 100,
-    groups: Optional[Mapping[str, Iterable[torch.Tensor]]] = None,
+    groups: Mapping[str, Iterable[torch.Tensor]] | None = None,
     *,
-    seed: Optional[int] = None,
+    seed: int | None = None,
 ) -> GradientStats:
     """Measure the mean, variance and SNR of an estimator's gradient on a fixed batch.
 
-    Calls ``elbo.loss_and_grads(model, guide, x, y)`` ``num_draws`` times inside
+    Calls ``estimator.loss_and_grads(model, guide, x, y)`` ``num_draws`` times inside
     ``poutine.scale(1/B)``, as ``fit`` does, and accumulates each group's gradient.
     Parameters are not changed; their ``.grad`` is restored afterwards. Estimator
     state that learns from each call (a ``tracegraph`` running average) does move.
@@ -114,7 +117,7 @@ def gradient_stats(
 
     :param model: a Pyro model, usually a ``PyroModule``.
     :param guide: its guide.
-    :param elbo: a Pyro ELBO, an :class:`EstimatorConfig` or an estimator name (``"iwae:5:dreg"``).
+    :param estimator: a Pyro ELBO, an :class:`EstimatorConfig` or an estimator name (``"iwae:5:dreg"``).
     :param torch.Tensor x: the fixed batch ``(B, *x_shape)``.
     :param y: labels, or None.
     :param int num_draws: independent draws (at least 2). Defaults to 100.
@@ -125,14 +128,16 @@ def gradient_stats(
     """
     if not isinstance(num_draws, int) or num_draws < 2:
         raise ValueError(f"num_draws must be an int >= 2, got {num_draws!r}")
-    elbo = make_estimator(elbo)
+    elbo = make_estimator(estimator)
+    model, guide = as_modules(model, guide)
     if groups is None:
         groups = {"encoder": guide.parameters(), "decoder": model.parameters()}
     group_params = {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
     if seed is not None:
         pyro.set_rng_seed(seed)
     check_estimator(elbo, model, guide, x[:2], None if y is None else y[:2])
-    extra = getattr(elbo, "trainable_module", None)
+    state = capability(elbo, HasTrainableState)
+    extra = state.trainable_module if state is not None else None
     everything = {id(p): p for params in group_params.values() for p in params}
     if extra is not None:
         everything.update({id(p): p for p in extra.parameters()})

@@ -76,15 +76,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
-from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
-from pyro.util import warn_if_nan
 
+from ..compat import scale_and_mask, warn_if_nan
 from ..errors import ConfigError
-from .evaluate import _per_datum, sample_traces, weight_sites
+from .tracing import per_datum, sample_traces, weight_sites
 
 __all__ = ["IWAE_ELBO", "IWAE_GRADIENTS", "IWAETerms"]
 
@@ -98,8 +97,8 @@ class IWAETerms:
 
     log_p: torch.Tensor  # (K, N) unscaled log p(x_i, z_ik) over the weighted model sites
     log_q: torch.Tensor  # (K, N) unscaled log q(z_ik | x_i)
-    score: Optional[torch.Tensor]  # (K, N) unscaled score functions of non-reparameterized guide sites, or None
-    log_q_fixed: Optional[torch.Tensor]  # (K, N) log q at the detached samples (DReG), or None
+    score: torch.Tensor | None  # (K, N) unscaled score functions of non-reparameterized guide sites, or None
+    log_q_fixed: torch.Tensor | None  # (K, N) log q at the detached samples (DReG), or None
     values: list  # the guide's sampled values, which carry the pathwise gradient
     scale: float  # the common scale of all sites (1/B inside fit)
 
@@ -203,7 +202,7 @@ class IWAE_ELBO(ELBO):
         if len(pieces) == 1:
             return pieces[0]
 
-        def cat(key: str) -> Optional[torch.Tensor]:
+        def cat(key: str) -> torch.Tensor | None:
             parts = [getattr(p, key) for p in pieces]
             return None if parts[0] is None else torch.cat(parts)  # (K, N) from K pieces of (1, N)
 
@@ -217,7 +216,7 @@ class IWAE_ELBO(ELBO):
         )
 
     def _draw(self, model, guide, x, y, num_samples: int, nesting: int, dreg: bool) -> IWAETerms:
-        model_trace, guide_trace = sample_traces(model, guide, x, y, num_samples, nesting)
+        model_trace, guide_trace = sample_traces(model, guide, x, y, num_samples, nesting, self.vectorize_particles)
         model_trace.compute_log_prob()
         guide_trace.compute_score_parts()
         model_sites, guide_sites = weight_sites(model_trace, guide_trace)
@@ -225,9 +224,9 @@ class IWAE_ELBO(ELBO):
         log_p, log_q, score = x.new_zeros(shape), x.new_zeros(shape), None
         log_q_fixed = x.new_zeros(shape) if dreg else None
         for site in model_sites:
-            log_p = log_p + _per_datum(site, nesting, shape, _unscaled(site))
+            log_p = log_p + per_datum(site, nesting, shape, _unscaled(site))
         for site in guide_sites:
-            log_q = log_q + _per_datum(site, nesting, shape, _unscaled(site))
+            log_q = log_q + per_datum(site, nesting, shape, _unscaled(site))
             if not getattr(site["fn"], "has_rsample", False):
                 if self.gradient == "dreg" or not self.allow_score_function:
                     raise ConfigError(
@@ -240,12 +239,12 @@ class IWAE_ELBO(ELBO):
                         )
                     )
                 sf = scale_and_mask(site["score_parts"].score_function, 1.0, site["mask"])
-                sf = _per_datum(site, nesting, shape, sf)
+                sf = per_datum(site, nesting, shape, sf)
                 score = sf if score is None else score + sf
             if dreg:
                 # log q at the detached sample: its gradient is the score term that DReG drops
                 lp = scale_and_mask(site["fn"].log_prob(site["value"].detach()), 1.0, site["mask"])
-                log_q_fixed = log_q_fixed + _per_datum(site, nesting, shape, lp)
+                log_q_fixed = log_q_fixed + per_datum(site, nesting, shape, lp)
         scale = _common_scale(model_sites + guide_sites)
         values = [site["value"] for site in guide_sites]
         return IWAETerms(log_p, log_q, score, log_q_fixed, values, scale)

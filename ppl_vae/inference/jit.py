@@ -13,12 +13,12 @@ from typing import Callable
 import torch
 from pyro.infer import ELBO, JitTraceMeanField_ELBO
 
-from .tracing import current_scale
+from ..compat import compiled_differentiable_loss, current_scale, jit_call_kwargs
 
-__all__ = ["KeyedJit_ELBO", "quiet_jit"]
+__all__ = ["KeyedJit_ELBO", "FixedJitTraceMeanField_ELBO", "quiet_jit", "jit_key", "split_none", "with_none"]
 
 
-def _split_none(args: tuple) -> tuple[tuple[torch.Tensor, ...], tuple[bool, ...]]:
+def split_none(args: tuple) -> tuple[tuple[torch.Tensor, ...], tuple[bool, ...]]:
     """Tensors of ``args`` and where the Nones were (torch.jit.trace takes tensors only)."""
     pattern = tuple(a is None for a in args)
     for a in args:
@@ -27,12 +27,12 @@ def _split_none(args: tuple) -> tuple[tuple[torch.Tensor, ...], tuple[bool, ...]
     return tuple(a for a in args if a is not None), pattern
 
 
-def _with_none(tensors: tuple, pattern: tuple[bool, ...]) -> tuple:
+def with_none(tensors: tuple, pattern: tuple[bool, ...]) -> tuple:
     it = iter(tensors)
     return tuple(None if is_none else next(it) for is_none in pattern)
 
 
-def _jit_key(model: Callable, guide: Callable, tensors: tuple, pattern: tuple) -> tuple:
+def jit_key(model: Callable, guide: Callable, tensors: tuple, pattern: tuple) -> tuple:
     shapes = tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors)
     return (id(model), id(guide), pattern, shapes, current_scale())
 
@@ -48,23 +48,21 @@ class quiet_jit(warnings.catch_warnings):
 
 def _fill_none(fn: Callable, pattern: tuple[bool, ...]) -> Callable:
     def call(*tensors):
-        return fn(*_with_none(tensors, pattern))
+        return fn(*with_none(tensors, pattern))
 
     return call
 
 
-class _FixedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
+class FixedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
     """Pyro 1.9.2's JitTraceMeanField_ELBO looks for its compiled function under the wrong attribute
     (``_loss_and_surrogate_loss``, while it stores ``_differentiable_loss``), so it recompiles at every call;
     this one compiles once."""
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        compiled = self.__dict__.get("_differentiable_loss")
+        compiled = compiled_differentiable_loss(self)
         if compiled is None:
             return super().differentiable_loss(model, guide, *args, **kwargs)
-        kwargs["_pyro_model_id"] = id(model)
-        kwargs["_pyro_guide_id"] = id(guide)
-        return compiled(*args, **kwargs)
+        return compiled(*args, **jit_call_kwargs(model, guide, kwargs))
 
 
 class KeyedJit_ELBO(ELBO):
@@ -80,30 +78,36 @@ class KeyedJit_ELBO(ELBO):
     guide callable at every step (as KL weighting with a schedule does) therefore
     compiles at every step: correct, but slower than the plain estimator.
 
-    :param make: builds a fresh Pyro JIT ELBO.
-    :param str kind: what :func:`check_estimator` checks it as (``pathwise``, ``enum``).
+    :param make: builds a fresh Pyro JIT ELBO; keyword arguments override its options
+        (``make(vectorize_particles=False)``).
     """
 
     max_entries = 4
 
-    def __init__(self, make: Callable[[], ELBO], kind: str) -> None:
+    def __init__(self, make: Callable[..., ELBO]) -> None:
         proto = make()
         super().__init__(num_particles=proto.num_particles, vectorize_particles=proto.vectorize_particles)
         self.max_plate_nesting = proto.max_plate_nesting
-        self.kind = kind
         self._make = make
+        self._overrides: dict = {}
         self._entries: OrderedDict = OrderedDict()
+
+    def draw_particles_one_at_a_time(self) -> None:
+        """Compile from now on with ``vectorize_particles=False`` (a model that does not broadcast)."""
+        self.vectorize_particles = False
+        self._overrides = {"vectorize_particles": False}
+        self._entries.clear()
 
     def _get_trace(self, model, guide, args, kwargs):
         """Not used: every call goes to a compiled instance."""
         raise NotImplementedError("KeyedJit_ELBO delegates to its compiled instances")
 
     def _entry(self, model: Callable, guide: Callable, args: tuple):
-        tensors, pattern = _split_none(args)
-        key = _jit_key(model, guide, tensors, pattern)
+        tensors, pattern = split_none(args)
+        key = jit_key(model, guide, tensors, pattern)
         entry = self._entries.get(key)
         if entry is None:
-            entry = (self._make(), _fill_none(model, pattern), _fill_none(guide, pattern))
+            entry = (self._make(**self._overrides), _fill_none(model, pattern), _fill_none(guide, pattern))
             self._entries[key] = entry
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

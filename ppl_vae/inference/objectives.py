@@ -15,7 +15,7 @@ where ``S`` are the chosen latent sites (all of them by default), ``w_t`` the
 KL weight at step ``t`` (β times the schedule) and ``λ`` the free-bits floor
 (``λ = 0``: no floor). ``w = 1, λ = 0`` is the ELBO.
 
-Two implementations, chosen by :func:`make_objective`:
+Two implementations, chosen by :func:`kl_weighted`:
 
 - **Without free bits** (``λ = 0``) the weight is applied with Pyro's own
   mechanism: the log-densities of a chosen site in *both* the guide and the
@@ -58,33 +58,24 @@ References
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
 
+from ..compat import elbo_trace, elbo_traces, site_is_subsample
+from ..contract import DATA_PLATE
+from ..schema import NON_NEGATIVE, NON_NEGATIVE_INT, check_fields, documented, number_in, one_of
 from .estimators import EstimatorConfig, make_estimator
 
-__all__ = ["KL_SCHEDULES", "KLWeighting", "KLWeighted_ELBO", "ObjectiveState", "make_objective"]
+__all__ = ["KL_SCHEDULES", "KLWeighting", "KLWeighted_ELBO", "WeightingState", "kl_weighted"]
 
 #: The KL weight schedules.
 KL_SCHEDULES = ("constant", "linear", "cyclical")
-
-
-def _check_count(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"kl_weighting.{name} must be an int >= 0, got {value!r}")
-
-
-def _check_nonneg(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"kl_weighting.{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -107,24 +98,19 @@ class KLWeighting:
     free_bits: float = 0.0  # lambda: floor, in nats, on each chosen site's batch-mean KL; 0 = off
 
     def __post_init__(self) -> None:
-        _check_nonneg("beta", self.beta)
-        _check_nonneg("free_bits", self.free_bits)
+        check_fields(
+            self, "kl_weighting", beta=NON_NEGATIVE, free_bits=NON_NEGATIVE, schedule=one_of(KL_SCHEDULES),
+            warmup_steps=NON_NEGATIVE_INT, cycle_steps=NON_NEGATIVE_INT, cycle_ramp=number_in(0, 1, low_open=True),
+        )
         if isinstance(self.sites, str) or not isinstance(self.sites, (tuple, list)):
             raise ValueError(f"kl_weighting.sites must be a list of site names, got {self.sites!r}")
         if not all(isinstance(s, str) and s for s in self.sites) or len(set(self.sites)) != len(self.sites):
             raise ValueError(f"kl_weighting.sites must be distinct non-empty site names, got {self.sites!r}")
         object.__setattr__(self, "sites", tuple(self.sites))
-        if self.schedule not in KL_SCHEDULES:
-            raise ValueError(f"kl_weighting.schedule must be one of {list(KL_SCHEDULES)}, got {self.schedule!r}")
-        _check_count("warmup_steps", self.warmup_steps)
-        _check_count("cycle_steps", self.cycle_steps)
         if self.schedule == "linear" and self.warmup_steps < 1:
             raise ValueError(f"kl_weighting.warmup_steps must be >= 1 with schedule linear, got {self.warmup_steps!r}")
         if self.schedule == "cyclical" and self.cycle_steps < 1:
             raise ValueError(f"kl_weighting.cycle_steps must be >= 1 with schedule cyclical, got {self.cycle_steps!r}")
-        ramp = self.cycle_ramp
-        if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not 0 < ramp <= 1:
-            raise ValueError(f"kl_weighting.cycle_ramp must be in (0, 1], got {self.cycle_ramp!r}")
 
     def weight(self, step: int) -> float:
         """The KL weight ``w_t`` at training step ``step`` (counted from 0)."""
@@ -141,7 +127,7 @@ class KLWeighting:
         return self.beta == 1 and self.schedule == "constant" and self.free_bits == 0
 
 
-class ObjectiveState(nn.Module):
+class WeightingState(nn.Module):
     """The objective's training state, checkpointed by ``fit`` as ``estimator.trainable_module``.
 
     :param base: the wrapped estimator's own ``trainable_module``, if it has one (kept as a submodule).
@@ -149,7 +135,7 @@ class ObjectiveState(nn.Module):
 
     step: torch.Tensor
 
-    def __init__(self, base: Optional[nn.Module] = None) -> None:
+    def __init__(self, base: nn.Module | None = None) -> None:
         super().__init__()
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.base = base
@@ -204,7 +190,7 @@ class _WeightKL(Messenger):
 class KLWeighted_ELBO(ELBO):
     r"""A base ELBO with the KL of chosen latent sites weighted by a schedule, optionally with free bits.
 
-    See the module docstring for the objective. Build it with :func:`make_objective`.
+    See the module docstring for the objective. Build it with :func:`kl_weighted`.
 
     :param ELBO base: the estimator that computes the bound. Any Pyro ELBO without free bits;
         ``Trace_ELBO`` or ``TraceMeanField_ELBO`` (or a subclass) with free bits.
@@ -227,7 +213,7 @@ class KLWeighted_ELBO(ELBO):
         self.max_plate_nesting = base.max_plate_nesting  # the base already counted any particle plate
         self.base = base
         self.weighting = weighting
-        self.trainable_module = ObjectiveState(getattr(base, "trainable_module", None))
+        self.trainable_module = WeightingState(getattr(base, "trainable_module", None))
 
     @property
     def step(self) -> int:
@@ -242,7 +228,7 @@ class KLWeighted_ELBO(ELBO):
     def _get_trace(self, model: Callable, guide: Callable, args, kwargs):
         """One (model trace, guide trace) pair of the base estimator, for the weighted pair."""
         model_w, guide_w, _ = self._weighted(model, guide)
-        return self.base._get_trace(model_w, guide_w, args, kwargs)
+        return elbo_trace(self.base, model_w, guide_w, args, kwargs)
 
     # -- the weighted pair, for the base estimator ------------------------------------------
 
@@ -273,7 +259,7 @@ class KLWeighted_ELBO(ELBO):
         kl_sums: dict[str, torch.Tensor] = {}  # site -> sum over particles and points of the unscaled KL
         site_units: dict[str, tuple[object, int]] = {}  # site -> (scale, data points in the batch)
         seen: set = set()
-        for model_trace, guide_trace in base._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in elbo_traces(base, model, guide, args, kwargs):
             for name, site in model_trace.nodes.items():
                 if site["type"] != "sample" or site_is_subsample(site):
                     continue
@@ -301,7 +287,7 @@ class KLWeighted_ELBO(ELBO):
                 scale = gsite["scale"]
                 if torch.is_tensor(scale) and scale.numel() > 1:
                     raise ValueError(f"free bits needs a scalar scale at site {name!r}, got shape {tuple(scale.shape)}")
-                points = [f.size for f in gsite["cond_indep_stack"] if f.name == "data"]
+                points = [f.size for f in gsite["cond_indep_stack"] if f.name == DATA_PLATE]
                 site_units[name] = (scale, points[0] if points else 1)
                 kl_sums[name] = kl_sums.get(name, 0.0) + kl.sum()
         self._check_sites(seen)
@@ -351,13 +337,13 @@ class KLWeighted_ELBO(ELBO):
         return value
 
 
-def make_objective(
-    base_elbo: ELBO | EstimatorConfig | str | None, weighting: KLWeighting | None = None
+def kl_weighted(
+    estimator: ELBO | EstimatorConfig | str | None, weighting: KLWeighting | None = None
 ) -> KLWeighted_ELBO:
     """Wrap an estimator so that the KL of chosen latent sites is weighted, annealed and/or floored.
 
-    :param base_elbo: a Pyro ELBO, or anything :func:`~ppl_vae.inference.estimators.make_estimator` accepts.
+    :param estimator: a Pyro ELBO, or anything :func:`~ppl_vae.inference.estimators.make_estimator` accepts.
     :param KLWeighting weighting: beta, sites, schedule, free bits. Defaults to ``KLWeighting()`` (the plain ELBO).
     :returns: a :class:`KLWeighted_ELBO`, usable as ``fit(..., estimator=objective)``.
     """
-    return KLWeighted_ELBO(make_estimator(base_elbo), weighting or KLWeighting())
+    return KLWeighted_ELBO(make_estimator(estimator), weighting or KLWeighting())

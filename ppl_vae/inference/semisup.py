@@ -40,15 +40,20 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
+from ..compat import elbo_trace
+from ..contract import DATA_PLATE, Classifier, capability
 from ..errors import ConfigError
 from ..labelled import UNLABELLED
+from ..schema import POSITIVE, POSITIVE_INT, check_fields, documented, number_in, optional
+from .evaluate import eval_mode
+from .tracing import dry_trace
 
 __all__ = [
     "SemiSupervisedConfig",
@@ -65,21 +70,17 @@ __all__ = [
 class SemiSupervisedConfig:
     """Semi-supervised training (the ``semi_supervised:`` section); off while ``num_labels`` is null."""
 
-    num_labels: Optional[int] = None  # training labels kept, balanced across classes (100, 600, 1000, 3000); null: off
+    num_labels: int | None = None  # training labels kept, balanced across classes (100, 600, 1000, 3000); null: off
     labelled_per_batch: int = 10  # labelled points in each batch of train.batch_size (cycled through the labels)
-    aux_weight: Optional[float] = None  # alpha per labelled point of the term -alpha log q(y|x); null: 0.1 N / N_labels
-    labelled_weight: Optional[float] = None  # scale of the labelled terms; null: their data share over their batch share
+    aux_weight: float | None = None  # alpha per labelled point of the term -alpha log q(y|x); null: 0.1 N / N_labels
+    labelled_weight: float | None = None  # scale of the labelled terms; null: their data share over their batch share
     seed: int = 0  # seeds which points keep their labels
 
     def __post_init__(self) -> None:
-        if self.num_labels is not None and (not isinstance(self.num_labels, int) or self.num_labels < 1):
-            raise ValueError(f"semi_supervised.num_labels must be a positive int or null, got {self.num_labels!r}")
-        if not isinstance(self.labelled_per_batch, int) or self.labelled_per_batch < 1:
-            raise ValueError(f"semi_supervised.labelled_per_batch must be a positive int, got {self.labelled_per_batch!r}")
-        if self.aux_weight is not None and not self.aux_weight >= 0:
-            raise ValueError(f"semi_supervised.aux_weight must be >= 0 or null, got {self.aux_weight!r}")
-        if self.labelled_weight is not None and not self.labelled_weight > 0:
-            raise ValueError(f"semi_supervised.labelled_weight must be > 0 or null, got {self.labelled_weight!r}")
+        check_fields(
+            self, "semi_supervised", num_labels=optional(POSITIVE_INT), labelled_per_batch=POSITIVE_INT,
+            aux_weight=optional(number_in(0)), labelled_weight=optional(POSITIVE),
+        )
 
     @property
     def enabled(self) -> bool:
@@ -102,20 +103,20 @@ def unbiased_labelled_weight(num_train: int, num_labels: int, batch_size: int, l
 
 
 def classifier(guide: Callable) -> Callable[[torch.Tensor], torch.distributions.Categorical]:
-    """The guide's classifier q(y|x), ``x -> Categorical``.
+    """The guide's classifier q(y|x), ``x -> Categorical`` (the :class:`~ppl_vae.contract.Classifier` capability).
 
-    A guide offers it as a ``label_dist(x)`` method (:class:`~ppl_vae.guides.SpecGuide` does for a
-    model with a semi-observed latent, such as the ``m2`` spec).
+    :class:`~ppl_vae.guides.SpecGuide` offers it for a model with a semi-observed latent, such as the
+    ``m2`` spec.
 
     :raises ConfigError: if the guide has none.
     """
-    label_dist = getattr(guide, "label_dist", None)
-    if not callable(label_dist) or getattr(guide, "label_site", "y") is None:
+    offered = capability(guide, Classifier)
+    if offered is None:
         raise ConfigError(
-            f"semi-supervised training needs a guide with a classifier q(y|x) (a label_dist(x) method, as the spec "
-            f"guide of a model with an observed_when_given latent has), got {type(guide).__name__}"
+            f"semi-supervised training needs a guide with a classifier q(y|x) (label_site and label_dist(x), as the "
+            f"spec guide of a model with an observed_when_given latent has), got {type(guide).__name__}"
         )
-    return label_dist
+    return offered.label_dist
 
 
 class SemiSupervised_ELBO(ELBO):
@@ -138,11 +139,9 @@ class SemiSupervised_ELBO(ELBO):
         self.aux_weight = float(aux_weight)
         self.labelled_weight = float(labelled_weight)
         self._aux_elbo = Trace_ELBO()
-        # check_estimator traces the unlabelled case: that is where the label is a latent site.
-        self.check_without_labels = True
 
     def _get_trace(self, model, guide, args, kwargs):
-        return self.base._get_trace(model, guide, args, kwargs)
+        return elbo_trace(self.base, model, guide, args, kwargs)
 
     @property
     def trainable_module(self):
@@ -150,14 +149,14 @@ class SemiSupervised_ELBO(ELBO):
         return getattr(self.base, "trainable_module", None)
 
     def _aux_model(self, guide: Callable, x: torch.Tensor, y: torch.Tensor) -> None:
-        with pyro.plate("data", x.shape[0]), poutine.scale(scale=self.aux_weight):
+        with pyro.plate(DATA_PLATE, x.shape[0]), poutine.scale(scale=self.aux_weight):
             pyro.sample("y_aux", classifier(guide)(x), obs=y)
 
     @staticmethod
     def _no_guide(guide: Callable, x: torch.Tensor, y: torch.Tensor) -> None:
         pass
 
-    def _parts(self, x: torch.Tensor, y: Optional[torch.Tensor]):
+    def _parts(self, x: torch.Tensor, y: torch.Tensor | None):
         if y is None:
             return None, (x, None)
         if y.shape != x.shape[:1]:
@@ -184,11 +183,11 @@ class SemiSupervised_ELBO(ELBO):
             total += float(getattr(self.base, method)(model, guide, *unlabelled))
         return total
 
-    def loss(self, model, guide, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> float:
+    def loss(self, model, guide, x: torch.Tensor, y: torch.Tensor | None = None) -> float:
         """The loss of a mixed batch (labels :data:`~ppl_vae.labelled.UNLABELLED` where hidden)."""
         return self._run("loss", model, guide, x, y)
 
-    def loss_and_grads(self, model, guide, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> float:
+    def loss_and_grads(self, model, guide, x: torch.Tensor, y: torch.Tensor | None = None) -> float:
         """The loss of a mixed batch; gradients of its three parts accumulate in the parameters."""
         return self._run("loss_and_grads", model, guide, x, y)
 
@@ -223,12 +222,8 @@ def latent_codes(
 
     :raises ConfigError: if the guide has no such site or its distribution has no closed-form mean (a flow).
     """
-    from .evaluate import eval_mode
-    from .tracing import dry_trace
-
     out, spread = [], []
-    modules = [guide] if isinstance(guide, torch.nn.Module) else []
-    with eval_mode(*modules):
+    with eval_mode(guide):
         for lo in range(0, len(x), batch_size):
             trace = dry_trace(guide, x[lo : lo + batch_size], None)
             if site not in trace.nodes:

@@ -112,7 +112,7 @@ SPECS: dict[str, ShippedSpec] = {
     ),
     "relaxed_vae": ShippedSpec(
         ModelSpec(
-            latents=(LatentSpec("c", "relaxed_categorical", dim=10, temperature=0.5), LatentSpec("z", dim=20)),
+            latents=(LatentSpec("c", "relaxed_categorical", dim=10), LatentSpec("z", dim=20)),
             observed=ObservedSpec(parents=("c", "z"), net=_MLP),
         ),
         GuideSpec(

@@ -9,45 +9,37 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from ..contract import DATA_PLATE, DATA_SITE
 from ..likelihoods import LIKELIHOODS, make_likelihood
-from ..nets import ACTIVATIONS, MLP, check_choice
+from ..nets import ACTIVATIONS, MLP
+from ..schema import BOOL, POSITIVE, POSITIVE_INT, SIZES, check_fields, documented, one_of
 
 __all__ = ["VAE", "VAEConfig"]
 
 
-def check_positive_int(owner: str, name: str, value: object) -> None:
-    """Raise ``ValueError`` unless ``value`` is a positive int."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
-
-
-def check_sizes(owner: str, name: str, value: object) -> None:
-    """Raise ``ValueError`` unless ``value`` is a sequence of positive ints."""
-    if not isinstance(value, (tuple, list)):
-        raise ValueError(f"{owner}.{name} must be a list of positive ints, got {value!r}")
-    for v in value:
-        check_positive_int(owner, name, v)
-
-
+@documented
 @dataclass(frozen=True)
 class VAEConfig:
     """Configuration of :class:`VAE` (the ``model:`` section of a config, with ``name: vae``)."""
 
-    latent_dim: int = 20  # size of z
-    hidden_dims: tuple[int, ...] = (400,)  # decoder hidden layer sizes, z -> ... -> x
-    activation: str = "relu"  # decoder activation, a key of ppl_vae.nets.ACTIVATIONS
-    likelihood: str = "bernoulli"  # p(x|z), a key of ppl_vae.likelihoods.LIKELIHOODS
-    x_scale: float = 0.1  # normal likelihoods: the fixed (normal) or initial (normal_learned) scale
-    allow_nonbinary: bool = False  # let a bernoulli likelihood see grey levels (improper; opt-in)
+    #: size of z
+    latent_dim: int = 20
+    #: decoder hidden layer sizes, z -> ... -> x
+    hidden_dims: tuple[int, ...] = (400,)
+    #: decoder activation, a key of ppl_vae.nets.ACTIVATIONS
+    activation: str = "relu"
+    #: p(x|z), a key of ppl_vae.likelihoods.LIKELIHOODS
+    likelihood: str = "bernoulli"
+    #: normal likelihoods: the fixed (normal) or initial (normal_learned) scale
+    x_scale: float = 0.1
+    #: let a bernoulli likelihood see grey levels (improper; opt-in)
+    allow_nonbinary: bool = False
 
     def __post_init__(self) -> None:
-        check_positive_int("model", "latent_dim", self.latent_dim)
-        check_sizes("model", "hidden_dims", self.hidden_dims)
-        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
-        check_choice("activation", self.activation, ACTIVATIONS)
-        check_choice("likelihood", self.likelihood, LIKELIHOODS)
-        if not self.x_scale > 0:
-            raise ValueError(f"model.x_scale must be > 0, got {self.x_scale!r}")
+        check_fields(
+            self, "model", latent_dim=POSITIVE_INT, hidden_dims=SIZES, activation=one_of(ACTIVATIONS),
+            likelihood=one_of(LIKELIHOODS), x_scale=POSITIVE, allow_nonbinary=BOOL,
+        )
 
 
 class VAE(PyroModule):
@@ -75,10 +67,8 @@ class VAE(PyroModule):
         self.x_shape = tuple(int(s) for s in x_shape)
         self.latent_dim = config.latent_dim
         self.likelihood = make_likelihood(
-            config.likelihood,
-            self.x_shape,
-            scale=config.x_scale,
-            allow_nonbinary=config.allow_nonbinary,
+            config.likelihood, self.x_shape, scale=config.x_scale, allow_nonbinary=config.allow_nonbinary,
+            option_key="model.allow_nonbinary",
         )
         self.decoder = MLP(config.latent_dim, config.hidden_dims, self.likelihood.num_outputs, config.activation)
         # Buffers, so the prior follows the module across devices and dtypes.
@@ -93,12 +83,8 @@ class VAE(PyroModule):
         """The likelihood p(x | z) for ``z`` of shape ``(..., latent_dim)``."""
         return self.likelihood(self.decoder(z))
 
-    def forward(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None, num_samples: int | None = None):
-        """Score ``x`` (shape ``(batch, *x_shape)``), or generate ``num_samples`` points when ``x`` is None."""
-        batch = x.shape[0] if x is not None else num_samples
-        if batch is None:
-            raise ValueError("VAE needs data x or num_samples to generate")
-        obs = None if x is None else self.likelihood.observe(x)
-        with pyro.plate("data", batch):
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        """Score the batch ``x`` (shape ``(batch, *x_shape)``); the labels ``y`` are not used."""
+        with pyro.plate(DATA_PLATE, x.shape[0]):
             z = pyro.sample("z", self.z_dist())
-            return pyro.sample("x", self.x_dist(z), obs=obs)
+            return pyro.sample(DATA_SITE, self.x_dist(z), obs=self.likelihood.observe(x))

@@ -15,24 +15,37 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Sequence
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
-from ..config import ComponentConfig, ExperimentConfig, config_to_dict
-from ..errors import ConfigError
-from ..families import FAMILIES
-from ..runs import RunDir
-from .evaluate import EvalConfig, eval_mode, evaluate
-from .fit import Callback, FitContext
+from .compat import site_is_subsample
+from .config import ComponentConfig, ExperimentConfig, config_to_dict
+from .contract import PARTICLE_PLATE
+from .errors import ConfigError
+from .experiment import build_experiment, conditioning_labels, training_estimator
+from .families import FAMILIES
+from .guides import GUIDES
+from .heads import HEADS, parse_head
+from .inference.diagnostics import importance_diagnostics
+from .inference.estimators import parse_estimator
+from .inference.evaluate import eval_mode, evaluate
+from .inference.fit import Callback, FitContext, fit
+from .inference.gradients import gradient_stats
+from .plots import plot_comparison
+from .programs import PythonTarget, as_modules
+from .runs import RunDir
+from .schema import POSITIVE_INT, check_fields, documented, optional
+
+log = logging.getLogger("ppl_vae")
 
 __all__ = [
     "CompareConfig",
@@ -44,21 +57,26 @@ __all__ = [
 ]
 
 
+@documented
 @dataclass(frozen=True)
 class CompareConfig:
     """What a comparison measures besides training."""
 
-    num_eval_points: Optional[int] = 1000  # test points evaluated (None: the whole test set)
-    num_samples: int = 1000  # K importance samples per test point for log p(x)
-    grad_draws: int = 50  # gradient draws per measurement of variance and SNR (estimators)
-    grad_epochs: tuple[int, ...] = ()  # epochs after which to measure gradients; () = after the first and the last
+    #: test points evaluated (None: the whole test set)
+    num_eval_points: int | None = 1000
+    #: K importance samples per test point for log p(x)
+    num_samples: int = 1000
+    #: gradient draws per measurement of variance and SNR (estimators)
+    grad_draws: int = 50
+    #: epochs after which to measure gradients; () = after the first and the last
+    grad_epochs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.num_eval_points is not None and self.num_eval_points < 1:
-            raise ValueError(f"num_eval_points must be a positive int or None, got {self.num_eval_points!r}")
-        for key in ("num_samples", "grad_draws"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be a positive int, got {getattr(self, key)!r}")
+        check_fields(self, "compare", num_eval_points=optional(POSITIVE_INT), num_samples=POSITIVE_INT, grad_draws=POSITIVE_INT)
+
+
+#: an import path: ``package.module:name`` or ``path/to/file.py:name``
+_TARGET = re.compile(r"^[\w./-]+:[A-Za-z_][\w.]*$")
 
 
 def _slug(label: str) -> str:
@@ -69,55 +87,55 @@ def _slug(label: str) -> str:
 
 
 def estimator_variants(config: ExperimentConfig, names: Sequence[str]) -> list[tuple[str, ExperimentConfig]]:
-    """One config per estimator name (``trace``, ``tracegraph:avg``, ``iwae:5``, ...)."""
-    from .estimators import parse_estimator
+    """One config per estimator name (``trace``, ``tracegraph:avg``, ``iwae:5``, ...).
 
+    Options the config's estimator sets and the variant also has (``max_plate_nesting``, ...) carry over.
+    """
     out = []
     for text in names:
         try:
-            est = parse_estimator(text)
+            est = parse_estimator(text, base=config.estimator)
         except ValueError as err:
             raise ConfigError(f"--estimators {text!r}: {err}") from None
-        est = replace(est, max_plate_nesting=max(est.max_plate_nesting, config.estimator.max_plate_nesting))
         out.append((text, replace(config, estimator=est)))
     return out
 
 
-def guide_variants(config: ExperimentConfig, heads: Sequence[str]) -> list[tuple[str, ExperimentConfig]]:
-    """One config per guide family, applied to every real-valued latent of a spec model's guide."""
-    from ..guides.heads import parse_head_name
-    from ..spec import validate_spec
-
-    if config.model.name != "spec" or config.guide.name != "spec":
-        raise ConfigError(
-            "compare-guides needs a spec model and guide (model.name: spec); e.g. configs/specs/vae.yaml"
-        )
-    latents = {v.name: v for v in config.model.config.latents}
-    out = []
-    for text in heads:
-        try:
-            parse_head_name(text)
-        except ValueError as err:
-            raise ConfigError(f"--guides {text!r}: {err}") from None
+def _head_variant(config: ExperimentConfig, head: str) -> ExperimentConfig:
+    """``config`` with ``head`` as the guide of every real-valued latent."""
+    if config.guide.name == "spec":
+        latents = {v.name: v for v in config.model.config.latents}
         factors = tuple(
-            replace(f, family=text) if FAMILIES[latents[f.name].family].real_support else f
+            replace(f, head=head) if FAMILIES[latents[f.name].family].real_support else f
             for f in config.guide.config.factors
         )
-        guide = replace(config.guide.config, factors=factors)
-        validate_spec(config.model.config, guide)
-        out.append((text, replace(config, guide=ComponentConfig("spec", guide))))
+        return replace(config, guide=ComponentConfig("spec", replace(config.guide.config, factors=factors)))
+    if config.guide.name == "amortized":
+        return replace(config, guide=ComponentConfig("amortized", replace(config.guide.config, head=head)))
+    # A guide written by hand: the registry's amortized guide, with this head, stands in for it.
+    return replace(config, guide=ComponentConfig("amortized", GUIDES["amortized"].config_cls(head=head)))
+
+
+def guide_variants(config: ExperimentConfig, variants: Sequence[str]) -> list[tuple[str, ExperimentConfig]]:
+    """One config per guide: a head (``normal``, ``fullcov``, ``iaf:4``, ...) for every real-valued latent of
+    the config's guide, or a guide written in Python, named by import path (``my_models:guide``)."""
+    out = []
+    for text in variants:
+        try:
+            parse_head(text)
+        except ValueError as err:
+            if text.partition(":")[0] in HEADS or not _TARGET.match(text):
+                raise ConfigError(f"--heads {text!r}: {err}") from None
+            out.append((text, replace(config, guide=ComponentConfig("python", PythonTarget(text)))))
+            continue
+        try:
+            out.append((text, _head_variant(config, text)))
+        except ValueError as err:
+            raise ConfigError(f"--heads {text!r}: {err}") from None
     return out
 
 
 # -- measurements ---------------------------------------------------------------------------------
-
-
-def _fixed_batch(data, n: int, seed: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The first ``n`` training points as training sees them (one seeded binarization when dynamic)."""
-    x = data.x_train[:n]
-    if data.binarize == "dynamic":
-        x = torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
-    return x, None if data.y_train is None else data.y_train[:n]
 
 
 class _GradientProbe(Callback):
@@ -130,8 +148,6 @@ class _GradientProbe(Callback):
     def on_epoch_end(self, ctx: FitContext, metrics: dict) -> None:
         if metrics["epoch"] not in self.epochs:
             return
-        from .gradients import gradient_stats
-
         groups = {"encoder": list(ctx.guide.parameters()), "decoder": list(ctx.model.parameters())}
         stats = gradient_stats(ctx.model, ctx.guide, ctx.estimator, self.x, self.y, self.draws, groups, seed=metrics["epoch"])
         row = {"epoch": metrics["epoch"]}
@@ -158,7 +174,7 @@ def _posterior_mean_variance(fn, value: torch.Tensor) -> torch.Tensor:
         return value.mean(0).var(0) - value.var(0).mean(0) / k
 
 
-def latent_usage(model, guide, x: torch.Tensor, y: Optional[torch.Tensor] = None, num_samples: int = 20) -> dict:
+def latent_usage(model, guide, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 20) -> dict:
     """KL(q||p) per latent dimension and active units, per latent site, averaged over the points ``x``.
 
     KL is the Monte-Carlo mean of ``log q(z|x) - log p(z|parents)`` over ``num_samples`` draws, divided
@@ -167,8 +183,8 @@ def latent_usage(model, guide, x: torch.Tensor, y: Optional[torch.Tensor] = None
     guide's exact mean where it has one, else a Monte-Carlo estimate corrected for its noise.
     """
     out: dict[str, float] = {}
-    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
-    with eval_mode(*modules), pyro.plate("particles", num_samples, dim=-2):
+    model, guide = as_modules(model, guide)
+    with eval_mode(model, guide), pyro.plate(PARTICLE_PLATE, num_samples, dim=-2):
         guide_trace = poutine.trace(guide).get_trace(x, y)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
     total_kl, total_dims, active = 0.0, 0, 0
@@ -195,46 +211,29 @@ def latent_usage(model, guide, x: torch.Tensor, y: Optional[torch.Tensor] = None
 # -- the runner -----------------------------------------------------------------------------------
 
 
-def _run_variant(
-    label: str,
-    config: ExperimentConfig,
-    run: RunDir,
-    compare: CompareConfig,
-    data_dir,
-    measure_gradients: bool,
-    guide_metrics: bool,
-) -> dict:
-    from ..experiment import build_experiment, conditioning_labels, training_estimator
-    from .diagnostics import importance_diagnostics
-    from .fit import fit
-
-    exp = build_experiment(config, data_dir)
+def _train_variant(exp, config: ExperimentConfig, run: RunDir, compare: CompareConfig, measure_gradients: bool):
     callbacks: list[Callback] = []
-    probe = None
     if measure_gradients:
         epochs = set(compare.grad_epochs) or {1, config.train.epochs}
-        x_fixed, y_fixed = _fixed_batch(exp.data, config.train.batch_size, config.train.seed)
-        probe = _GradientProbe(x_fixed, y_fixed, epochs, compare.grad_draws)
-        callbacks.append(probe)
-    resume = run.has_checkpoint()
-    if not resume:
-        run.write_config(config_to_dict(config))
-    t0 = time.perf_counter()
-    result = fit(
+        x_fixed = exp.data.fixed_train_x(config.train.batch_size, seed=config.train.seed)
+        y_fixed = None if exp.data.y_train is None else exp.data.y_train[: config.train.batch_size]
+        callbacks.append(_GradientProbe(x_fixed, y_fixed, epochs, compare.grad_draws))
+    ss = config.semi_supervised
+    return fit(
         exp.model, exp.guide, exp.data, estimator=training_estimator(config, exp.data), optim=config.optim,
-        train=config.train, run_dir=run, resume=resume, callbacks=callbacks,
-        labelled_per_batch=config.semi_supervised.labelled_per_batch if config.semi_supervised.enabled else None,
+        train=config.train, run_dir=run, resume=run.has_checkpoint(), callbacks=callbacks,
+        labelled_per_batch=ss.labelled_per_batch if ss.enabled else None, run_config=config_to_dict(config),
     )
-    wall = time.perf_counter() - t0
-    history = run.read_metrics()
-    device = result.device
-    x = exp.data.x_test.to(device)
-    y = None if exp.data.y_test is None else exp.data.y_test.to(device)
-    if compare.num_eval_points is not None:
-        x = x[: compare.num_eval_points]
-        y = None if y is None else y[: compare.num_eval_points]
-    y_eval = conditioning_labels(exp.model, y)
-    ev = evaluate(exp.model, exp.guide, x, y_eval, replace(config.eval, num_samples=compare.num_samples), progress=True)
+
+
+def _test_points(exp, device: str, compare: CompareConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    n = compare.num_eval_points
+    x = exp.data.x_test.to(device)[:n]
+    y = None if exp.data.y_test is None else exp.data.y_test.to(device)[:n]
+    return x, conditioning_labels(exp.model, y)
+
+
+def _row(label: str, history: list[dict], ev, wall: float) -> dict:
     row = {
         "variant": label,
         "final_train_loss": history[-1]["train_loss"] if history else float("nan"),
@@ -254,17 +253,34 @@ def _run_variant(
     if last_grad is not None:
         for key in ("encoder_grad_var", "encoder_grad_snr", "decoder_grad_var", "decoder_grad_snr"):
             row[key] = last_grad[key]
-    if guide_metrics:
-        diag = importance_diagnostics(exp.model, exp.guide, x, y_eval, num_samples=compare.num_samples)
+    return row
+
+
+def _run_variant(
+    label: str, config: ExperimentConfig, run: RunDir, compare: CompareConfig, data_dir, kind: str
+) -> dict:
+    """Train one variant (or resume it), then evaluate it; a variant its estimator refuses is recorded as such."""
+    try:
+        exp = build_experiment(config, data_dir)
+        t0 = time.perf_counter()
+        result = _train_variant(exp, config, run, compare, kind == "estimators")
+    except ConfigError as err:
+        log.info("[%s] refused: %s", label, err)
+        return {"row": {"variant": label, "refused": str(err)}, "history": []}
+    wall = time.perf_counter() - t0
+    history = run.read_metrics()
+    x, y = _test_points(exp, result.device, compare)
+    ev = evaluate(exp.model, exp.guide, x, y, replace(config.eval, num_samples=compare.num_samples), progress=True)
+    row = _row(label, history, ev, wall)
+    if kind == "guides":
+        diag = importance_diagnostics(exp.model, exp.guide, x, y, num_samples=compare.num_samples)
         row["share_khat_gt_0.7"] = diag.share_k_above
         row["mean_ess"] = diag.mean_ess
-        row.update({k: v for k, v in latent_usage(exp.model, exp.guide, x, y_eval).items() if "[" not in k})
+        row.update({k: v for k, v in latent_usage(exp.model, exp.guide, x, y).items() if "[" not in k})
     return {"row": row, "history": history}
 
 
 def _write_outputs(out_dir: Path, results: list[dict], bar_key: str, bar_label: str, title: str) -> dict[str, Path]:
-    from ..plots import plot_comparison
-
     rows = [r["row"] for r in results]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     md = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
@@ -285,12 +301,7 @@ def _write_outputs(out_dir: Path, results: list[dict], bar_key: str, bar_label: 
 
 
 def _compare(
-    kind: str,
-    variants: list[tuple[str, ExperimentConfig]],
-    out_dir: str | Path,
-    compare: CompareConfig,
-    data_dir,
-    log: Callable[[str], None],
+    kind: str, variants: list[tuple[str, ExperimentConfig]], out_dir: str | Path, compare: CompareConfig, data_dir
 ) -> tuple[list[dict], dict[str, Path]]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,16 +310,17 @@ def _compare(
         run = RunDir(out / _slug(label))
         done = run.path / "variant.json"
         if done.is_file():
-            log(f"[{label}] done earlier; reusing {done}")
+            log.info("[%s] done earlier; reusing %s", label, done)
             results.append(json.loads(done.read_text()))
             continue
+        log.info("[%s] training %d epochs (%s)", label, config.train.epochs, "resuming" if run.has_checkpoint() else "fresh")
+        res = _run_variant(label, config, run, compare, data_dir, kind)
         run.path.mkdir(parents=True, exist_ok=True)
-        log(f"[{label}] training {config.train.epochs} epochs ({'resuming' if run.has_checkpoint() else 'fresh'})")
-        res = _run_variant(label, config, run, compare, data_dir, kind == "estimators", kind == "guides")
         run.write_json("variant.json", res)
         results.append(res)
         r = res["row"]
-        log(f"[{label}] test ELBO {r['test_elbo']:.3f}, log p(x) {r['test_log_px']:.3f}, {r['s_per_epoch']:.2f} s/epoch")
+        if "test_elbo" in r:
+            log.info("[%s] test ELBO %.3f, log p(x) %.3f, %.2f s/epoch", label, r["test_elbo"], r["test_log_px"], r["s_per_epoch"])
     if kind == "estimators":
         bar_key, bar_label = "encoder_grad_var", "encoder gradient variance (last checkpoint)"
     else:
@@ -318,27 +330,19 @@ def _compare(
 
 
 def compare_estimators(
-    config: ExperimentConfig,
-    estimators: Sequence[str],
-    out_dir: str | Path,
-    compare: CompareConfig | None = None,
-    *,
-    data_dir=None,
-    log: Callable[[str], None] = print,
+    config: ExperimentConfig, estimators: Sequence[str], out_dir: str | Path, compare: CompareConfig | None = None, *, data_dir=None
 ) -> tuple[list[dict], dict[str, Path]]:
-    """Train ``config`` with each estimator for the same budget and seed; report bounds, time and gradients."""
-    return _compare("estimators", estimator_variants(config, estimators), out_dir, compare or CompareConfig(), data_dir, log)
+    """Train ``config`` with each estimator for the same budget and seed; report bounds, time and gradients.
+
+    A variant whose estimator refuses the model and guide gets a row saying why; the others still run.
+    """
+    return _compare("estimators", estimator_variants(config, estimators), out_dir, compare or CompareConfig(), data_dir)
 
 
 def compare_guides(
-    config: ExperimentConfig,
-    guides: Sequence[str],
-    out_dir: str | Path,
-    compare: CompareConfig | None = None,
-    *,
-    data_dir=None,
-    log: Callable[[str], None] = print,
+    config: ExperimentConfig, guides: Sequence[str], out_dir: str | Path, compare: CompareConfig | None = None, *, data_dir=None
 ) -> tuple[list[dict], dict[str, Path]]:
-    """Train ``config``'s spec model with each guide family for the same budget and seed; report bounds,
-    the approximation gap, KL per dimension, active units, wall time and PSIS diagnostics."""
-    return _compare("guides", guide_variants(config, guides), out_dir, compare or CompareConfig(), data_dir, log)
+    """Train ``config``'s model with each guide (a head, or a guide named by import path) for the same budget
+    and seed; report bounds, the approximation gap, KL per dimension, active units, wall time and PSIS
+    diagnostics."""
+    return _compare("guides", guide_variants(config, guides), out_dir, compare or CompareConfig(), data_dir)

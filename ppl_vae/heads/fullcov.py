@@ -11,7 +11,7 @@ strictly-lower entries, laid out in the order of
 ``torch.tril_indices(dim, dim, offset=-1)``. The diagonal is positive by
 construction, so ``L`` is always a valid Cholesky factor and ``log q`` is exact.
 
-Registered in :data:`~ppl_vae.guides.heads.HEADS` as ``"fullcov"``; it may be
+Registered in :data:`~ppl_vae.heads.HEADS` as ``"fullcov"``; it may be
 the guide of any real-valued latent.
 
 References
@@ -30,11 +30,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .heads import HEADS, Head, HeadEntry
+from ..schema import POSITIVE, check_value
+
+from ..families import MIN_SCALE, inverse_softplus
+from .base import Head
 
 __all__ = ["FullCovHead"]
-
-_MIN_SCALE = 1e-4
 
 
 class FullCovHead(Head):
@@ -45,10 +46,9 @@ class FullCovHead(Head):
     :param float min_scale: floor added to the softplus of the diagonal, so ``L`` stays invertible. Defaults to 1e-4.
     """
 
-    def __init__(self, context_dim: int, dim: int, min_scale: float = _MIN_SCALE) -> None:
+    def __init__(self, context_dim: int, dim: int, min_scale: float = MIN_SCALE) -> None:
         super().__init__(context_dim, dim)
-        if not min_scale > 0:
-            raise ValueError(f"fullcov head: min_scale must be > 0, got {min_scale!r}")
+        check_value("fullcov head: min_scale", min_scale, POSITIVE)
         self.min_scale = min_scale
         self.loc = nn.Linear(context_dim, dim)
         # outputs: dim raw diagonal entries, then the strictly-lower entries row by row
@@ -88,13 +88,7 @@ class FullCovHead(Head):
         if not bool((diag > self.min_scale).all()):
             raise ValueError(f"fullcov head: the diagonal of scale_tril must exceed min_scale={self.min_scale}")
         excess = diag - self.min_scale
-        raw_diag = excess + torch.log(-torch.expm1(-excess))  # inverse softplus
+        raw_diag = inverse_softplus(excess)
         lower = scale_tril[..., self.tril_rows, self.tril_cols]
         return torch.cat([raw_diag, lower], dim=-1)
 
-
-def _build(context_dim: int, dim: int, arg: Optional[int] = None, temperature: float = 0.5) -> Head:
-    return FullCovHead(context_dim, dim)
-
-
-HEADS["fullcov"] = HeadEntry(_build, lambda f: f.real_support)

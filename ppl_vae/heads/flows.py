@@ -59,8 +59,7 @@ References
 from __future__ import annotations
 
 import warnings
-from functools import partial
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import pyro.distributions as dist
 import torch
@@ -77,11 +76,13 @@ from pyro.nn import ConditionalAutoRegressiveNN, DenseNN
 from torch import nn
 from torch.nn import functional as F
 
-from .heads import HEADS, Head, HeadEntry
+from ..compat import conditional_params, conditioned_params
+from ..families import MIN_SCALE
+from ..schema import POSITIVE_INT, check_value
+from .base import Head
 
 __all__ = ["FlowHead", "FLOW_STEPS", "make_flow_steps"]
 
-_MIN_SCALE = 1e-4
 _BISECTION_STEPS = 60
 
 
@@ -96,7 +97,7 @@ class FlowHead(Head):
     """
 
     def __init__(
-        self, context_dim: int, dim: int, steps: Sequence[ConditionalTransformModule], min_scale: float = _MIN_SCALE
+        self, context_dim: int, dim: int, steps: Sequence[ConditionalTransformModule], min_scale: float = MIN_SCALE
     ) -> None:
         super().__init__(context_dim, dim)
         self.min_scale = min_scale
@@ -129,7 +130,7 @@ class _InvertiblePlanar(ConditionedPlanar):
     """
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        bias, u, w = self._params() if callable(self._params) else self._params
+        bias, u, w = conditioned_params(self)
         u_hat = self.u_hat(u, w)
         c = (w * u_hat).sum(-1, keepdim=True)  # (..., 1)
         t = (w * y).sum(-1, keepdim=True) + bias  # (..., 1), broadcast over samples
@@ -148,7 +149,7 @@ class _InvertiblePlanar(ConditionedPlanar):
 
 class _InvertibleConditionalPlanar(ConditionalPlanar):
     def condition(self, context: torch.Tensor) -> _InvertiblePlanar:
-        return _InvertiblePlanar(partial(self._params, context))
+        return _InvertiblePlanar(conditional_params(self, context))
 
 
 class _InvertibleRadial(ConditionedRadial):
@@ -159,7 +160,7 @@ class _InvertibleRadial(ConditionedRadial):
     """
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        x0, alpha_prime, beta_prime = self._params() if callable(self._params) else self._params
+        x0, alpha_prime, beta_prime = conditioned_params(self)
         alpha = F.softplus(alpha_prime)
         beta = -alpha + F.softplus(beta_prime)
         diff = y - x0
@@ -174,7 +175,7 @@ class _InvertibleRadial(ConditionedRadial):
 
 class _InvertibleConditionalRadial(ConditionalRadial):
     def condition(self, context: torch.Tensor) -> _InvertibleRadial:
-        return _InvertibleRadial(partial(self._params, context))
+        return _InvertibleRadial(conditional_params(self, context))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,24 +247,13 @@ FLOW_STEPS: dict[str, tuple[Callable[[int, int, int], list[ConditionalTransformM
 
 
 def make_flow_steps(
-    name: str, context_dim: int, dim: int, num_steps: Optional[int] = None
+    name: str, context_dim: int, dim: int, num_steps: int | None = None
 ) -> list[ConditionalTransformModule]:
     """The conditional steps of flow ``name`` (a key of :data:`FLOW_STEPS`); ``num_steps`` defaults per flow."""
     if name not in FLOW_STEPS:
         raise ValueError(f"unknown flow {name!r}; expected one of {sorted(FLOW_STEPS)}")
     build, default = FLOW_STEPS[name]
     k = default if num_steps is None else num_steps
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"flow {name!r}: the number of steps must be a positive int, got {k!r}")
+    check_value(f"flow {name!r}: the number of steps", k, POSITIVE_INT)
     return build(context_dim, dim, k)
 
-
-def _flow_entry(name: str) -> HeadEntry:
-    def build(context_dim: int, dim: int, arg: Optional[int] = None, temperature: float = 0.5) -> Head:
-        return FlowHead(context_dim, dim, make_flow_steps(name, context_dim, dim, arg))
-
-    return HeadEntry(build, lambda f: f.real_support, takes_arg=True)
-
-
-for _name in FLOW_STEPS:
-    HEADS[_name] = _flow_entry(_name)
