@@ -6,10 +6,12 @@ guide, trained with Adam (lr 1e-3) on dynamically binarized MNIST.
 
 Two trainers run in one process, on identical networks and identical batches:
 
-* **ppl_vae**: ``ppl_vae.inference.fit(model, guide, data, estimator="trace")``,
-  i.e. Pyro's ``Trace_ELBO`` on the ``VAE`` model and ``NormalGuide``.
+* **ppl_vae**: ``ppl_vae.fit(model, guide, data, estimator="trace")``,
+  i.e. Pyro's ``Trace_ELBO`` on the ``vae`` model and the ``amortized`` guide
+  (``AmortizedGuide`` with a diagonal-Normal head on ``z``).
 * **torch**: a plain PyTorch loop over deep copies of the same decoder and
-  encoder (so the initial weights are equal), fed by the same
+  encoder (the guide's ``trunk`` followed by the linear layer of its ``z`` head),
+  so the initial weights are equal, fed by the same
   :class:`ppl_vae.data.Batches` (same seed, so the same order and the same
   per-batch binarization draws). Its loss is the single-sample ELBO that
   ``Trace_ELBO`` estimates: with ``z = loc + scale * eps``,
@@ -126,7 +128,8 @@ def _sync(device: torch.device) -> None:
 class TorchVAE:
     """The hand-written trainer: copies of ppl_vae's encoder and decoder, plain PyTorch, Adam.
 
-    :param encoder: the guide's encoder, ``x -> (loc, raw_scale)`` of size ``2 * latent_dim``.
+    :param encoder: the guide's encoder, ``x -> (loc, raw_scale)`` of size ``2 * latent_dim``
+        (:func:`guide_encoder`: the amortized guide's trunk and its ``z`` head's linear layer).
     :param decoder: the model's decoder, ``z -> Bernoulli logits``.
     :param float min_scale: the guide's floor on the scale (``softplus(raw) + min_scale``).
     """
@@ -183,30 +186,52 @@ class TorchVAE:
 
 
 def build_model_and_guide(seed: int):
-    """The Burda et al. (2015) one-layer VAE as ppl_vae objects, seeded."""
-    from ppl_vae.guides.normal import NormalGuide, NormalGuideConfig
-    from ppl_vae.models.vae import VAE, VAEConfig
+    """The Burda et al. (2015) one-layer VAE as ppl_vae objects, seeded.
+
+    The model and then the guide are built from one global torch stream seeded with ``seed`` (so
+    ``make_model``/``make_guide`` get no ``seed=`` of their own): the decoder's layers, then the guide's
+    trunk, then its ``z`` head, the order (and so the initial weights) of the earlier ``VAE`` +
+    ``NormalGuide`` pair. Tracing the model for the guide's latent sites draws nothing from that stream.
+    """
+    import ppl_vae
 
     torch.manual_seed(seed)
-    model = VAE((784,), VAEConfig(latent_dim=LATENT_DIM, hidden_dims=HIDDEN_DIMS, activation=ACTIVATION,
-                                  likelihood="bernoulli"))
-    guide = NormalGuide((784,), LATENT_DIM, NormalGuideConfig(hidden_dims=HIDDEN_DIMS[::-1], activation=ACTIVATION))
+    model = ppl_vae.make_model("vae", (784,), ppl_vae.VAEConfig(
+        latent_dim=LATENT_DIM, hidden_dims=HIDDEN_DIMS, activation=ACTIVATION, likelihood="bernoulli"))
+    guide = ppl_vae.make_guide("amortized", model, ppl_vae.AmortizedGuideConfig(
+        hidden_dims=HIDDEN_DIMS[::-1], activation=ACTIVATION, head="normal", min_scale=1e-4))
     return model, guide
+
+
+def guide_encoder(guide) -> torch.nn.Module:
+    """The amortized guide's network ``x -> (loc, raw_scale)``: its trunk, then the linear layer of its ``z`` head.
+
+    The modules are the guide's own (not copies); :class:`TorchVAE` deep-copies them.
+    """
+    head = guide.heads["z"]
+    if head.linear.out_features != 2 * LATENT_DIM:
+        raise RuntimeError(f"expected a diagonal-Normal head with {2 * LATENT_DIM} outputs, got {head}")
+    return torch.nn.Sequential(*guide.trunk, head.linear)
+
+
+def guide_min_scale(guide) -> float:
+    """The floor on the scale of q(z|x) (``scale = softplus(raw) + min_scale``)."""
+    return guide.heads["z"].min_scale
 
 
 def warm_up(data, device: torch.device, batch_size: int, steps: int, seed: int, estimator: str = "trace") -> None:
     """Run ``steps`` steps of each trainer on throw-away networks (lazy init, allocator, kernels)."""
     if steps < 1:
         return
+    from ppl_vae import OptimConfig, TrainConfig, fit
     from ppl_vae.data import Batches
-    from ppl_vae.inference.fit import OptimConfig, TrainConfig, fit
 
     model, guide = build_model_and_guide(seed + 1)
     n = min(len(data.x_train), steps * batch_size)
     small = replace(data, x_train=data.x_train[:n], y_train=None, x_val=data.x_val[:0], y_val=None)
     fit(model, guide, small, estimator=estimator, optim=OptimConfig(lr=LR),
         train=TrainConfig(epochs=1, batch_size=batch_size, seed=seed, device=str(device), progress=False, val_every=0))
-    hand = TorchVAE(guide.encoder, model.decoder, LATENT_DIM, guide.config.min_scale, device, seed)
+    hand = TorchVAE(guide_encoder(guide), model.decoder, LATENT_DIM, guide_min_scale(guide), device, seed)
     x = data.x_train[:n].to(device)
     hand.train_epoch(Batches(x, batch_size=batch_size, seed=seed, binarize=True), 0, max_steps=steps)
 
@@ -215,14 +240,14 @@ def bench_config(
     data, device: torch.device, batch_size: int, epochs: int, seed: int, warmup_steps: int, estimator: str = "trace"
 ) -> dict:
     """Interleave ``epochs`` ppl_vae epochs with ``epochs`` torch epochs; return times and losses."""
+    from ppl_vae import Callback, OptimConfig, TrainConfig, fit
     from ppl_vae.data import Batches
-    from ppl_vae.inference.fit import Callback, OptimConfig, TrainConfig, fit
 
     warm_up(data, device, batch_size, warmup_steps, seed, estimator)
 
     model, guide = build_model_and_guide(seed)
     # Copies taken before fit touches anything: both trainers start from the same weights.
-    hand = TorchVAE(guide.encoder, model.decoder, LATENT_DIM, guide.config.min_scale, device, seed)
+    hand = TorchVAE(guide_encoder(guide), model.decoder, LATENT_DIM, guide_min_scale(guide), device, seed)
     # The same Batches fit builds (same tensor, batch size, seed, dynamic binarization), so the same batches.
     x_dev = data.x_train.to(device)
     batches = Batches(x_dev, None, batch_size=batch_size, seed=seed, binarize=data.binarize == "dynamic")
@@ -317,7 +342,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="cpu: CPU only; cuda: CPU and CUDA; auto (default): CPU, and CUDA when present")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU runs (with --device cuda/auto)")
     p.add_argument("--estimator", nargs="+", default=["trace"],
-                   help="ppl_vae estimators to time, e.g. trace jit_trace (default: trace)")
+                   help="ppl_vae estimators to time, each a name with optional ':' arguments, e.g. trace jit_trace "
+                   "iwae:5 (default: trace); the torch loop is the single-sample ELBO whatever is chosen")
     p.add_argument("--seed", type=int, default=0, help="seeds the networks, batch order and binarization (default: 0)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)

@@ -17,6 +17,7 @@ Run from the repository root::
 
     python benchmarks/bench_ssvae.py --data-dir /work/shared/data --epochs 40
     python benchmarks/bench_ssvae.py --variants enum --epochs 1 --num-labels 100   # quick look
+    python benchmarks/bench_ssvae.py --variants m1m2 --epochs 1 --set m1.train.epochs=1 --set data.num_train=2000
     python benchmarks/bench_ssvae.py --summarize runs/bench_ssvae/enum ...          # table of finished runs
     python benchmarks/bench_ssvae.py --epochs 20 --set "kl_weighting.sites=[z]" --set kl_weighting.beta=2
     python benchmarks/bench_ssvae.py --baselines --m1-run runs/bench_ssvae/m1m2/m1     # the labels alone
@@ -91,15 +92,16 @@ def labels_only_baselines(num_labels: int, data_dir: Optional[str], m1_run: Opti
 
     from ppl_vae.config import load_config
     from ppl_vae.data import load_dataset
-    from ppl_vae.experiment import load_run, m1_features
+    from ppl_vae.experiment import load_run
     from ppl_vae.labelled import hide_labels
+    from ppl_vae.stages import m1_features
 
     config = load_config(ROOT / "configs" / f"m1m2_mnist_{num_labels}.yaml")
     images = load_dataset(config.data, data_dir)
     inputs = [("images", images)]
     if m1_run:
         m1 = load_run(m1_run, data_dir=data_dir, device="cpu", config=replace(config.m1, data=config.data))
-        inputs.append(("M1 codes", m1_features(m1, images)))
+        inputs.append(("M1 codes", m1_features(m1.guide, m1.data, images)))
     rows = []
     for name, data in inputs:
         kept = hide_labels(data, num_labels, config.semi_supervised.seed).y_train >= 0

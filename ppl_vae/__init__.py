@@ -46,7 +46,14 @@ from .likelihoods import LIKELIHOODS, make_likelihood  # noqa: E402
 from .models import MODELS, VAE, VAEConfig, make_model  # noqa: E402
 from .programs import FunctionProgram, as_module, load_target  # noqa: E402
 from .runs import RunDir  # noqa: E402
-from .spec import GuideFactorSpec, GuideSpec, LatentSpec, ModelSpec, NetSpec, ObservedSpec  # noqa: E402
+from .spec import (  # noqa: E402
+    GuideFactorSpec,
+    GuideSpec,
+    LatentSpec,
+    ModelSpec,
+    NetSpec,
+    ObservedSpec,
+)
 
 __all__ = [
     "__version__",

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _new_run(args: argparse.Namespace, config) -> "RunDir":
+def _new_run(args: argparse.Namespace, config):
     """The path of a new run directory (not created: fit creates it once everything has been checked)."""
     from .runs import RunDir
 
@@ -234,7 +234,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print("\nEstimators (what fit would accept):")
     for name, refusal in estimator_report(exp.model, exp.guide, x[:2], None if y is None else y[:2]).items():
         mark = "*" if name == config.estimator.name else " "
-        print(f" {mark}{name:15s} {'ok' if refusal is None else 'refused: ' + refusal}")
+        print(f" {mark}{name:15s} {'ok' if refusal is None else 'refused: ' + refusal.split('. ')[0]}")
     graph = render_graph(exp.model, x, y, args.graph)
     if graph is None:
         print("\n(graphviz is not installed, so no graph picture was drawn; the tables above show the structure)")

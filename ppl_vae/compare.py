@@ -288,7 +288,9 @@ def _write_outputs(out_dir: Path, results: list[dict], bar_key: str, bar_label: 
         cells = []
         for c in columns:
             v = r.get(c, "")
-            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+            # a refusal's first sentence in the table; the whole reason is in the CSV and variant.json
+            text = f"{v:.4g}" if isinstance(v, float) else str(v).split(". ")[0].split(": ")[0] if c == "refused" else str(v)
+            cells.append(text.replace("|", "/").replace("\n", " "))
         md.append("| " + " | ".join(cells) + " |")
     paths = {"md": out_dir / "comparison.md", "csv": out_dir / "comparison.csv", "png": out_dir / "comparison.png"}
     paths["md"].write_text("\n".join(md) + "\n")

@@ -26,7 +26,6 @@ raises :class:`~ppl_vae.errors.ConfigError` naming ``section.key``, the expected
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
@@ -44,8 +43,8 @@ from .inference.objectives import KLWeighting
 from .inference.semisup import SemiSupervisedConfig
 from .inference.training import OptimConfig, TrainConfig
 from .models import MODELS
-from .schema import documented, parse_dataclass
-from .spec import RENAMED, GuideSpec, ModelSpec, SpecError, check_guide, default_guide
+from .schema import as_mapping, documented, parse_dataclass
+from .spec import RENAMED, SpecError, check_guide, default_guide
 
 __all__ = [
     "ComponentConfig",
@@ -76,6 +75,7 @@ class RunConfig:
     hand_built_estimator: str | None = None
 
 
+@documented
 @dataclass(frozen=True)
 class ComponentConfig:
     """A registry entry chosen by ``name`` with that entry's config dataclass."""
@@ -94,6 +94,7 @@ def _default_guide() -> ComponentConfig:
     return ComponentConfig("amortized", GUIDES["amortized"].config_cls())
 
 
+@documented
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment: what :func:`ppl_vae.experiment.build_experiment` needs."""
@@ -211,14 +212,6 @@ def config_from_dict(raw: Any) -> ExperimentConfig:
         raise ConfigError(str(err)) from None
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def config_to_dict(config: ExperimentConfig) -> dict:
     """The fully resolved config as plain YAML-able values (inverse of :func:`config_from_dict`)."""
     out: dict[str, Any] = {}
@@ -228,11 +221,11 @@ def config_to_dict(config: ExperimentConfig) -> dict:
             if value is not None:
                 out[section] = {k: v for k, v in config_to_dict(value).items() if k not in _NOT_IN_M1}
         elif isinstance(value, ComponentConfig):
-            out[section] = {"name": value.name, **_plain(dataclasses.asdict(value.config))}
+            out[section] = {"name": value.name, **as_mapping(value.config)}
         elif isinstance(value, EstimatorConfig):
-            out[section] = {"name": value.name, **_plain(dataclasses.asdict(value.options))}
+            out[section] = {"name": value.name, **as_mapping(value.options)}
         else:
-            out[section] = _plain(dataclasses.asdict(value))
+            out[section] = as_mapping(value)
     return out
 
 

@@ -54,6 +54,8 @@ from typing import Any, Callable, Mapping, Protocol, TypeVar, runtime_checkable
 
 import torch
 
+from .compat import site_is_subsample
+
 __all__ = [
     "DATA_PLATE",
     "PARTICLE_PLATE",
@@ -182,10 +184,28 @@ def capability(obj: Any, protocol: type[P]) -> P | None:
     return obj
 
 
-def data_site_name(model: Any) -> str:
-    """The name of the model's data site: its declared ``data_site``, else ``x``."""
+def data_site_name(model: Any, trace: Any = None) -> str:
+    """The name of the model's data site: its declared ``data_site``; else ``x`` when a trace of the model has it
+    or none is given; else the trace's only observed site (also when unconditioned for generation).
+
+    :raises ValueError: for a trace with several observed sites and none named ``x`` or declared.
+    """
     declared = capability(model, HasDataSite)
-    return declared.data_site if declared is not None else DATA_SITE
+    if declared is not None:
+        return declared.data_site
+    if trace is None or DATA_SITE in trace.nodes:
+        return DATA_SITE
+    observed = [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and (site["is_observed"] or site["infer"].get("was_observed")) and not site_is_subsample(site)
+    ]
+    if len(observed) != 1:
+        raise ValueError(
+            f"cannot tell the model's data site among its observed sites {observed}; name it 'x', or declare "
+            "model.data_site = 'name'"
+        )
+    return observed[0]
 
 
 def needs_labels(model: Any) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +24,17 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .schema import BOOL, NON_NEGATIVE_INT, POSITIVE_INT, check_fields, check_value, documented, number_in, one_of, optional
+from .schema import (
+    BOOL,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    check_fields,
+    check_value,
+    documented,
+    number_in,
+    one_of,
+    optional,
+)
 
 __all__ = [
     "DATASETS",
@@ -84,6 +94,7 @@ class DataConfig:
             )
 
 
+@documented
 @dataclass
 class Dataset:
     """Train, validation and test tensors of one dataset, floats in [0, 1].
@@ -101,7 +112,8 @@ class Dataset:
     y_train: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
-    image_shape: tuple[int, int, int] = (1, 1, 1)  # (channels, height, width), for figures
+    #: (channels, height, width), for figures
+    image_shape: tuple[int, int, int] = (1, 1, 1)
     binarize: str = "none"
     num_classes: int | None = None
     # Per-point standard deviations (N, *x_shape): training inputs get Gaussian noise of this scale afresh in
@@ -212,18 +224,23 @@ def _find_idx(raw: Path, stem: str) -> Path | None:
     return next((p for p in (raw / stem, raw / f"{stem}.gz") if p.is_file()), None)
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The contents of a plain or gzipped file; :class:`DataError` naming it when it cannot be read."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"could not read {path}: {err}") from None
+
+
 def _read_idx(path: Path) -> torch.Tensor:
     """Read an IDX file of unsigned bytes (the MNIST format), plain or gzipped.
 
     Read directly rather than through torchvision, which insists on unpacking the ``.gz``
     files next to themselves and so fails on a read-only data folder.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            blob = f.read()
-    except (OSError, EOFError) as err:
-        raise DataError(f"could not read {path}: {err}") from None
+    blob = _read_bytes(path)
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] != 0x08 or blob[3] not in (1, 3):
         raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
     ndim = blob[3]
@@ -273,12 +290,7 @@ def _load_torchvision(name: str, root: Path, download: bool) -> dict[str, torch.
 
 
 def _read_amat(path: Path) -> torch.Tensor:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            text = f.read()
-    except (OSError, EOFError) as err:
-        raise DataError(f"could not read {path}: {err}") from None
+    text = _read_bytes(path)
     # Each value is a single character '0' or '1'; dropping separators gives one byte per pixel.
     # Lines are checked one by one: a short line beside a long one would otherwise shift every image.
     lines = text.translate(None, b" \t\r").split()

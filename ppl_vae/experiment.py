@@ -24,12 +24,17 @@ from .inference.estimators import make_estimator
 from .inference.evaluate import conditioning_labels
 from .inference.fit import Callback, FitResult, fit
 from .inference.objectives import kl_weighted
-from .inference.semisup import SemiSupervised_ELBO, kingma_aux_weight, unbiased_labelled_weight
+from .inference.semisup import (
+    SemiSupervised_ELBO,
+    kingma_aux_weight,
+    unbiased_labelled_weight,
+)
 from .inference.training import instantiate, resolve_device
 from .labelled import hide_labels, is_semi_supervised, training_example
 from .models import make_model
 from .programs import seeded
 from .runs import RunDir
+from .schema import documented
 from .stages import m1_features, stage_config, stage_run
 
 __all__ = [
@@ -45,6 +50,7 @@ __all__ = [
 log = logging.getLogger("ppl_vae")
 
 
+@documented
 @dataclass
 class Experiment:
     """A config with its data, model and guide built."""

@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from .nets import check_choice
+from .schema import documented
 
 __all__ = ["FAMILIES", "MIN_SCALE", "Family", "get_family", "inverse_softplus"]
 
@@ -53,17 +54,25 @@ def _split_loc_scale(params: torch.Tensor, min_scale: float) -> tuple[torch.Tens
     return loc, F.softplus(raw) + min_scale
 
 
+@documented
 @dataclass(frozen=True)
 class Family:
     """A parametric family of distributions over one variable of size ``dim``."""
 
-    name: str  # registry key
-    discrete: bool  # values are discrete (needs enumeration, REINFORCE or a relaxation)
-    reparameterized: bool  # has rsample, so pathwise gradients apply
-    real_support: bool  # values are unconstrained real vectors (guides may use any real family or a flow)
-    params_per_dim: int  # unconstrained parameters per unit of dim
-    build: Callable[[torch.Tensor, int, float, float], dist.TorchDistribution]  # (params, dim, temperature, min_scale) -> distribution
-    default_params: Callable[[int], torch.Tensor]  # unconstrained parameters of the standard prior
+    #: registry key
+    name: str
+    #: values are discrete (needs enumeration, REINFORCE or a relaxation)
+    discrete: bool
+    #: has rsample, so pathwise gradients apply
+    reparameterized: bool
+    #: values are unconstrained real vectors (guides may use any real family or a flow)
+    real_support: bool
+    #: unconstrained parameters per unit of dim
+    params_per_dim: int
+    #: (params, dim, temperature, min_scale) -> distribution
+    build: Callable[[torch.Tensor, int, float, float], dist.TorchDistribution]
+    #: unconstrained parameters of the standard prior
+    default_params: Callable[[int], torch.Tensor]
 
     def num_params(self, dim: int) -> int:
         """How many unconstrained numbers parameterise a variable of size ``dim``."""

@@ -101,13 +101,16 @@ def is_semi_supervised(y: torch.Tensor | None) -> bool:
 
 
 def training_example(data: Dataset, num_points: int = 2) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A few training points to check and trace a model on: labelled ones when some labels are hidden."""
-    if data.y_train is None:
-        return data.x_train[:num_points], None
-    if is_semi_supervised(data.y_train):
+    """A few training points as the model sees them (one binary draw under dynamic binarization), to check
+    and trace a model on: labelled ones when some labels are hidden."""
+    if data.y_train is None or not is_semi_supervised(data.y_train):
+        index = torch.arange(min(num_points, len(data.x_train)), device=data.x_train.device)
+    else:
         index = (data.y_train != UNLABELLED).nonzero().flatten()[:num_points]
-        return data.x_train[index], data.y_train[index]
-    return data.x_train[:num_points], data.y_train[:num_points]
+    x = data.x_train[index]
+    if data.binarize == "dynamic":
+        x = torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(0))
+    return x, None if data.y_train is None else data.y_train[index]
 
 
 def num_labelled(y: torch.Tensor | None) -> int:

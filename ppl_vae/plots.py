@@ -23,10 +23,19 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
 
-from .contract import ClassConditional, Classifier, HasLabelClasses, HasLikelihood, capability, data_site_name, needs_labels  # noqa: E402
+from .contract import (  # noqa: E402
+    ClassConditional,
+    Classifier,
+    HasLabelClasses,
+    HasLikelihood,
+    capability,
+    data_site_name,
+    needs_labels,
+)
 from .inference.evaluate import eval_mode  # noqa: E402
 from .likelihoods import Categorical256Likelihood  # noqa: E402
 from .programs import as_module, as_modules  # noqa: E402
+from .schema import documented
 
 __all__ = [
     "save_image_grid",
@@ -124,7 +133,7 @@ def sample_images(model, num_samples: int, x_shape: Sequence[int], *, seed: int 
     if seed is not None:
         pyro.set_rng_seed(seed)
     trace = generate(model, num_samples, x_shape, _generation_labels(model, num_samples))
-    return _site_mean(trace, data_site_name(model))
+    return _site_mean(trace, data_site_name(model, trace))
 
 
 def reconstruct_images(model, guide, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,7 +142,7 @@ def reconstruct_images(model, guide, x: torch.Tensor, y: torch.Tensor | None = N
     with eval_mode(model, guide):
         guide_trace = poutine.trace(guide).get_trace(x, y)
         trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
-    return _site_mean(trace, data_site_name(model))
+    return _site_mean(trace, data_site_name(model, trace))
 
 
 def _pixel_scale(model) -> float:
@@ -189,7 +198,7 @@ def _decode_with_classes(model, z: torch.Tensor, x_shape: Sequence[int]) -> torc
     z_rep = z.repeat_interleave(num_classes, dim=0)  # (rows * classes, z_dim)
     values = {declared.label_site: declared.label_value(classes), "z": z_rep}
     trace = generate(model, z_rep.shape[0], x_shape, conditioned=values)
-    return _site_mean(trace, data_site_name(model))
+    return _site_mean(trace, data_site_name(model, trace))
 
 
 def class_grid_images(model, x_shape: Sequence[int], num_styles: int = 8, *, seed: int | None = 0) -> torch.Tensor:
@@ -305,6 +314,7 @@ def plot_comparison(
     return path
 
 
+@documented
 @dataclass
 class RunFigures:
     """What :func:`run_figures` wrote, and the figures it skipped with the reason."""

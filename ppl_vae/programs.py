@@ -26,6 +26,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import os
 import random
 import sys
 import weakref
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .schema import documented
 
 __all__ = [
     "FunctionProgram",
@@ -98,7 +100,6 @@ class FunctionProgram(nn.Module):
         self.scope = scope or ParamScope()
         self.params = nn.ParameterDict()
         self._passes_labels = _accepts_labels(fn)
-        self._adopted: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -114,10 +115,11 @@ class FunctionProgram(nn.Module):
 
     def forward(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
         call_args = (x, y, *args) if (self._passes_labels or args) else (x,)
+        known = len(self.scope.state["params"])
         with pyro.get_param_store().scope(self.scope.state):
             out = self.fn(*call_args, **kwargs)
-        if len(self.scope.state["params"]) != len(self._adopted):
-            self._adopt()
+        if len(self.scope.state["params"]) != known:
+            self._adopt(known)
         return out
 
     def instantiate(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
@@ -127,13 +129,12 @@ class FunctionProgram(nn.Module):
         with torch.no_grad():
             poutine.trace(self).get_trace(x, y)
 
-    def _adopt(self) -> None:
-        """Make every param-store entry of the scope a parameter of this module (and of the scope)."""
+    def _adopt(self, known: int) -> None:
+        """Make the param-store entries this call created (those after the first ``known``) parameters of this
+        module, and of the scope. A parameter belongs to the function that created it; a model and guide that
+        share one still both use it."""
         params = self.scope.state["params"]
-        for name, value in list(params.items()):
-            if name in self._adopted:
-                continue
-            self._adopted.add(name)
+        for name, value in list(params.items())[known:]:
             if not isinstance(value, nn.Parameter):
                 value = nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad)
                 params[name] = value
@@ -141,7 +142,8 @@ class FunctionProgram(nn.Module):
 
     def param_names(self) -> list[str]:
         """The param-store names of the parameters this program owns."""
-        return self.scope.names()
+        escaped = set(self.params.keys())
+        return [name for name in self.scope.names() if _escape(name) in escaped]
 
 
 _PROGRAMS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
@@ -215,8 +217,24 @@ def _import_file(path: Path) -> Any:
     return module
 
 
+def _import_module(name: str) -> Any:
+    """Import ``name`` from ``sys.path`` or, as ``python -m`` would, from the working directory."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
 def load_target(target: str, what: str = "target") -> Any:
     """The object named ``"package.module:attr"`` or ``"path/to/file.py:attr"`` (``attr`` may be dotted).
+
+    A module is found on ``sys.path`` or in the working directory; a file path is relative to the working
+    directory.
 
     :raises ConfigError: naming the target and what went wrong (malformed, not importable, no such
         attribute).
@@ -225,7 +243,7 @@ def load_target(target: str, what: str = "target") -> Any:
         raise ConfigError(f"{what} {target!r} must be 'module:name' or 'path/to/file.py:name'")
     where, attr = target.rsplit(":", 1)
     try:
-        module = _import_file(Path(where)) if where.endswith(".py") else importlib.import_module(where)
+        module = _import_file(Path(where)) if where.endswith(".py") else _import_module(where)
     except FileNotFoundError:
         raise ConfigError(f"{what} {target!r}: the file {where!r} does not exist") from None
     except Exception as err:  # an import error or any error raised by the module's code
@@ -259,6 +277,7 @@ def target_of(obj: Any) -> str | None:
 # -- models and guides named in a config ---------------------------------------------------------
 
 
+@documented
 @dataclass(frozen=True)
 class PythonTarget:
     """A model or guide written in Python, named by import path (``model:``/``guide:`` with ``name: python``).

@@ -18,11 +18,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from .schema import coerce, init_fields
+from .schema import coerce, documented, init_fields
 
 __all__ = ["Arg", "int_arg", "float_arg", "choice_arg", "split_name", "parse_arguments", "syntax"]
 
 
+@documented
 @dataclass(frozen=True)
 class Arg:
     """A positional argument slot of a registry entry."""

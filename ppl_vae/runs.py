@@ -87,7 +87,7 @@ def param_store_state(exclude: set[int]) -> dict[str, torch.Tensor]:
     store = pyro.get_param_store()
     return {
         name: value.detach().clone()
-        for name, value in store._params.items()
+        for name, value in store.named_parameters()
         if id(value) not in exclude
     }
 

@@ -40,6 +40,8 @@ __all__ = [
     "check_value",
     "coerce",
     "parse_dataclass",
+    "plain",
+    "as_mapping",
     "unknown_key",
     "documented",
 ]
@@ -258,16 +260,31 @@ def parse_dataclass(cls: type, mapping: Any, section: str, *, renamed: dict[str,
         raise ConfigError(f"invalid {section} config: {err}") from None
 
 
+def plain(value: Any) -> Any:
+    """A config value as plain YAML-able values: tuples (and nested ones) become lists."""
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def as_mapping(obj: Any) -> dict:
+    """A config dataclass as a plain mapping (the inverse of :func:`parse_dataclass`)."""
+    return plain(dataclasses.asdict(obj))
+
+
 # -- field documentation ------------------------------------------------------------------------
 
-_FIELD = re.compile(r"^\s+(\w+)\s*:")
+_FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*(?:#:\s?(.*))?$")
 _DOC = re.compile(r"^\s+#:\s?(.*)$")
 
 
 def documented(cls: type) -> type:
     """Class decorator: append each field's ``#:`` comment to the class docstring (shown by ``help()``).
 
-    The comment is the ``#:`` line (or lines) directly above the field, the Sphinx convention.
+    The comment is the ``#:`` line (or lines) directly above the field, or a ``#:`` comment at the end of
+    its line, as Sphinx reads them.
     Without the source (a frozen application), the docstring is left as it is.
     """
     try:
@@ -282,8 +299,8 @@ def documented(cls: type) -> type:
             pending.append(comment.group(1).strip())
             continue
         field_match = _FIELD.match(line)
-        if field_match and pending:
-            docs[field_match.group(1)] = " ".join(pending)
+        if field_match and (pending or field_match.group(2)):
+            docs[field_match.group(1)] = " ".join(pending) or field_match.group(2).strip()
         pending = []
     fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else list(docs)
     entries = [f"    {name}: {docs[name]}" for name in fields if name in docs]

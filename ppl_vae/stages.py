@@ -22,7 +22,7 @@ from .data import Dataset
 from .inference.semisup import latent_codes
 from .runs import RunDir
 
-__all__ = ["STAGE_DIR", "stage_run", "m1_features"]
+__all__ = ["STAGE_DIR", "stage_run", "stage_config", "m1_features"]
 
 #: the folder of the first stage inside an M1+M2 run directory
 STAGE_DIR = "m1"

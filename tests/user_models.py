@@ -169,3 +169,13 @@ class LinearGuide(PyroModule):
         loc, raw = self.linear(flat).chunk(2, -1)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-4).to_event(1))
+
+
+def not_a_factory():
+    """Called as a factory (``factory: true``), returns no model."""
+    return 3
+
+
+def broken_model(x, y=None):
+    """Fails on every call, as a model with a bug would."""
+    raise ValueError("this model has a bug")

@@ -12,11 +12,13 @@ from ..contract import HasXShape, capability, needs_labels
 from ..errors import ConfigError
 from ..nets import check_choice
 from ..programs import FunctionProgram, PythonTarget, build_target, seeded
+from ..schema import documented
 from ..spec import GuideSpec
 from .amortized import AmortizedGuide, AmortizedGuideConfig, LatentSite, latent_sites
 from .spec_guide import SpecGuide
 
 
+@documented
 @dataclass(frozen=True)
 class GuideEntry:
     """A registry entry: the guide's config dataclass, how to build it for a model, and its class."""

@@ -25,8 +25,8 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
-from torch.distributions import biject_to
 from pyro.nn import PyroModule
+from torch.distributions import biject_to
 from torch.distributions.transforms import ReshapeTransform
 
 from ..compat import site_is_subsample
@@ -64,6 +64,7 @@ class AmortizedGuideConfig:
             raise ValueError(f"guide.head must be a head for real-valued latents, got {self.head!r}")
 
 
+@documented
 @dataclass(frozen=True)
 class LatentSite:
     """What a guide needs to know of one latent site of a model."""
@@ -117,8 +118,17 @@ def latent_sites(model, x: torch.Tensor, y: torch.Tensor | None = None) -> list[
 
     :raises ConfigError: for a latent site outside the data plate, or one no guide head can cover.
     """
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), pyro.get_param_store().scope():
-        trace = poutine.trace(model).get_trace(x, y)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), pyro.get_param_store().scope():
+            trace = poutine.trace(model).get_trace(x, y)
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # an error in user code: the model does not follow the contract
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(
+            f"the model failed on a batch of {x.shape[0]} points of shape {tuple(x.shape[1:])} ({type(err).__name__}: "
+            f"{first}); see docs/bring_your_own_model.md for what ppl_vae calls it with"
+        ) from None
     sites = []
     for site in trace.nodes.values():
         if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):

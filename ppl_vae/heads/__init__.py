@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from ..families import FAMILIES, MIN_SCALE, Family
 from ..registry import Arg, int_arg, parse_arguments, split_name, syntax
+from ..schema import documented
 from .base import Head, ParamHead
 from .flows import FLOW_STEPS, FlowHead, make_flow_steps
 from .fullcov import FullCovHead
@@ -31,6 +32,7 @@ from .fullcov import FullCovHead
 __all__ = ["HEADS", "HeadEntry", "Head", "ParamHead", "FlowHead", "FullCovHead", "make_head", "parse_head"]
 
 
+@documented
 @dataclass(frozen=True)
 class HeadEntry:
     """A registry entry: how to build the head, and which model families it may stand in for."""

@@ -23,16 +23,13 @@ References
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..schema import POSITIVE, check_value
-
 from ..families import MIN_SCALE, inverse_softplus
+from ..schema import POSITIVE, check_value
 from .base import Head
 
 __all__ = ["FullCovHead"]

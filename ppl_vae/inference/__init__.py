@@ -1,9 +1,26 @@
 """Estimators, the training loop, evaluation and diagnostics."""
 
 from .checks import check_estimator
-from .diagnostics import PSISDiagnostics, importance_diagnostics, posterior_inference_data, psis_diagnostics
-from .estimators import ESTIMATORS, EstimatorConfig, estimator_config, make_estimator, parse_estimator
-from .evaluate import EvalConfig, EvalResult, evaluate, importance_log_likelihood, log_weights
+from .diagnostics import (
+    PSISDiagnostics,
+    importance_diagnostics,
+    posterior_inference_data,
+    psis_diagnostics,
+)
+from .estimators import (
+    ESTIMATORS,
+    EstimatorConfig,
+    estimator_config,
+    make_estimator,
+    parse_estimator,
+)
+from .evaluate import (
+    EvalConfig,
+    EvalResult,
+    evaluate,
+    importance_log_likelihood,
+    log_weights,
+)
 from .fit import Callback, FitContext, FitResult, check_data, fit
 from .gradients import GradientStats, gradient_stats
 from .iwae import IWAE_ELBO

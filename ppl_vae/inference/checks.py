@@ -14,6 +14,7 @@ from pyro.infer import ELBO, TraceEnum_ELBO
 
 from ..contract import Prepares, capability, estimator_chain
 from ..errors import ConfigError
+from ..programs import FunctionProgram
 from .estimators import ESTIMATORS, registry_config
 from .semisup import SemiSupervised_ELBO
 from .tracing import dry_trace, latent_nodes, replayed_model_trace
@@ -72,6 +73,13 @@ def _check_one(estimator: ELBO, model, guide, x, y, guide_trace, model_trace, le
             _model_enumerated(model_trace, guide_trace, type(estimator).__name__)
         return
     entry, label = ESTIMATORS[config.name], config.name
+    if entry.compiles and any(isinstance(m, FunctionProgram) for m in (model, guide)):
+        twin = label.removeprefix("jit_")
+        raise ConfigError(
+            f"estimator {label} compiles the model and guide with torch.jit.trace, which looks their parameters up "
+            f"in Pyro's global param store; the parameters of a model or guide written as a function are kept out "
+            f"of it (see docs/bring_your_own_model.md). Use {twin}, or write the model and guide as PyroModules"
+        )
     latents = latent_nodes(guide_trace)
     for site in latents:
         for rule in entry.site_rules:

@@ -44,6 +44,7 @@ from pyro import poutine
 from ..compat import site_is_subsample
 from ..contract import DATA_PLATE, PARTICLE_PLATE, HasXShape, capability
 from ..programs import as_modules
+from ..schema import documented
 from .evaluate import eval_mode, log_weights
 
 __all__ = [
@@ -68,19 +69,29 @@ def _arviz() -> Any:
     return arviz
 
 
+@documented
 @dataclass(frozen=True)
 class PSISDiagnostics:
     """Per-point PSIS diagnostics of a guide, and their summaries (Yao et al. 2018)."""
 
-    pareto_k: np.ndarray  # (N,) k-hat per point; -inf where the weights have no tail (all equal, e.g. q exact)
-    ess: np.ndarray  # (N,) 1 / sum of squared self-normalized raw weights, in [1, K]
-    psis_ess: np.ndarray  # (N,) the same for the Pareto-smoothed weights
-    num_samples: int  # K, importance samples per point
-    k_threshold: float  # k-hat above which a point's importance estimate is flagged unreliable
-    share_k_above: float  # share of points with k-hat > k_threshold
-    max_k: float  # largest k-hat over the points
-    mean_ess: float  # mean over points of the raw-weight ESS
-    median_ess: float  # median over points of the raw-weight ESS
+    #: (N,) k-hat per point; -inf where the weights have no tail (all equal, e.g. q exact)
+    pareto_k: np.ndarray
+    #: (N,) 1 / sum of squared self-normalized raw weights, in [1, K]
+    ess: np.ndarray
+    #: (N,) the same for the Pareto-smoothed weights
+    psis_ess: np.ndarray
+    #: K, importance samples per point
+    num_samples: int
+    #: k-hat above which a point's importance estimate is flagged unreliable
+    k_threshold: float
+    #: share of points with k-hat > k_threshold
+    share_k_above: float
+    #: largest k-hat over the points
+    max_k: float
+    #: mean over points of the raw-weight ESS
+    mean_ess: float
+    #: median over points of the raw-weight ESS
+    median_ess: float
 
     @property
     def num_points(self) -> int:

@@ -61,8 +61,24 @@ from pyro.infer import (
 
 from ..contract import DATA_PLATE, capability
 from ..nets import ACTIVATIONS
-from ..registry import Arg, choice_arg, float_arg, int_arg, parse_arguments, split_name, syntax
-from ..schema import BOOL, POSITIVE_INT, SIZES, check_fields, documented, number_in, one_of
+from ..registry import (
+    Arg,
+    choice_arg,
+    float_arg,
+    int_arg,
+    parse_arguments,
+    split_name,
+    syntax,
+)
+from ..schema import (
+    BOOL,
+    POSITIVE_INT,
+    SIZES,
+    check_fields,
+    documented,
+    number_in,
+    one_of,
+)
 from .baselines import BaselineTraceGraph_ELBO, SiteBaseline
 from .iwae import IWAE_ELBO, IWAE_GRADIENTS
 from .jit import FixedJitTraceMeanField_ELBO, KeyedJit_ELBO
@@ -349,6 +365,7 @@ def _jit(cls: type, **extra) -> Callable[[ParticleOptions], ELBO]:
     return build
 
 
+@documented
 @dataclass(frozen=True)
 class EstimatorEntry:
     """A registry entry: its options, how it is built, its arguments, and the guides it refuses."""
@@ -361,6 +378,7 @@ class EstimatorEntry:
     enumerates: bool = False  #: sums out discrete sites enumerated in the model or the guide (TraceEnum_ELBO)
     dreg: bool = False  #: needs guide sites that do not feed one another (checked on a trace with gradients)
     model_order: bool = False  #: needs the guide to sample in the model's order (analytic KL terms)
+    compiles: bool = False  #: compiled with torch.jit.trace, which looks parameters up in Pyro's global store
 
     def syntax(self, name: str) -> str:
         """``name[:A][:B]`` for help texts."""
@@ -400,23 +418,24 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
         (*_BASE_RULES, _renyi), "RenyiELBO (scale inside the log-sum-exp)",
     ),
     "jit_trace": EstimatorEntry(
-        PathwiseOptions, _jit(JitTrace_ELBO), _PARTICLES, (*_BASE_RULES, _pathwise), "trace, compiled",
+        PathwiseOptions, _jit(JitTrace_ELBO), _PARTICLES, (*_BASE_RULES, _pathwise), "trace, compiled", compiles=True,
     ),
     "jit_meanfield": EstimatorEntry(
         ParticleOptions, _jit(FixedJitTraceMeanField_ELBO), _PARTICLES, (*_BASE_RULES, _meanfield),
-        "meanfield, compiled", model_order=True,
+        "meanfield, compiled", model_order=True, compiles=True,
     ),
     "jit_tracegraph": EstimatorEntry(
         TraceGraphOptions, lambda o: _tracegraph(o, jit=True), (choice_arg("baseline", BASELINES), _K), _BASE_RULES,
-        "tracegraph, compiled",
+        "tracegraph, compiled", compiles=True,
     ),
     "jit_enum": EstimatorEntry(
         ParticleOptions, _jit(JitAutoEnum_ELBO, strict_enumeration_warning=False), _PARTICLES, (_enumerable,),
-        "enum, compiled", enumerates=True,
+        "enum, compiled", enumerates=True, compiles=True,
     ),
 }
 
 
+@documented
 @dataclass(frozen=True)
 class EstimatorConfig:
     """Which gradient estimator trains the model (the ``estimator:`` section): a registry name and its options.

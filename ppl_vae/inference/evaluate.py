@@ -151,7 +151,9 @@ def log_weights(
     """
     if max_plate_nesting is None:
         max_plate_nesting = max_plate_nesting_of(model, guide, x, y)
-    if num_samples == 1 or broadcasts_particles(model, guide, x, y, max_plate_nesting):
+    if num_samples == 1:
+        return _one_pass(model, guide, x, y, 1, max_plate_nesting, False)
+    if broadcasts_particles(model, guide, x, y, max_plate_nesting):
         return _one_pass(model, guide, x, y, num_samples, max_plate_nesting, True)
     return torch.cat([_one_pass(model, guide, x, y, 1, max_plate_nesting, False) for _ in range(num_samples)])
 

@@ -36,22 +36,36 @@ from tqdm.auto import tqdm
 
 from ..contract import Classifier, HasLikelihood, HasXShape, capability, estimator_chain
 from ..data import Batches, Dataset, check_finite
-from ..errors import CheckpointError, ConfigError, DataError, FitInterrupted, NonFiniteLossError
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    FitInterrupted,
+    NonFiniteLossError,
+)
 from ..labelled import MixedBatches, is_semi_supervised, training_example
 from ..programs import as_modules
 from ..runs import RunDir, capture_rng_state, restore_rng_state
+from ..schema import documented
 from .checks import check_estimator
 from .estimators import EstimatorConfig, make_estimator
-from .jit import KeyedJit_ELBO
 from .evaluate import EvalConfig, conditioning_labels, evaluate
+from .jit import KeyedJit_ELBO
 from .record import record_config
 from .semisup import SemiSupervised_ELBO, classification_accuracy
 from .tracing import broadcasts_particles, max_plate_nesting, rng_devices
-from .training import OptimConfig, TrainConfig, TrainingState, instantiate, resolve_device
+from .training import (
+    OptimConfig,
+    TrainConfig,
+    TrainingState,
+    instantiate,
+    resolve_device,
+)
 
 __all__ = ["OptimConfig", "TrainConfig", "FitResult", "Callback", "FitContext", "fit", "resolve_device", "check_data"]
 
 
+@documented
 @dataclass
 class FitResult:
     """What :func:`fit` returns."""
@@ -82,6 +96,7 @@ class Callback:
         """After each epoch's metrics are computed (and before the checkpoint)."""
 
 
+@documented
 @dataclass
 class FitContext:
     """State shared with callbacks."""
@@ -205,6 +220,7 @@ def _open_run(run_dir: RunDir | str | os.PathLike | None, resume: bool) -> RunDi
     return run
 
 
+@documented
 @dataclass
 class _Position:
     """Where a run stands: the epoch and step to run next, the batch generator, the epoch's running loss."""

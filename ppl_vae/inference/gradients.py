@@ -42,34 +42,49 @@ from pyro.infer import ELBO
 
 from ..contract import HasTrainableState, capability
 from ..programs import as_modules
+from ..schema import documented
 from .checks import check_estimator
 from .estimators import EstimatorConfig, make_estimator
 
 __all__ = ["GradientStats", "GroupGradientStats", "gradient_stats"]
 
 
+@documented
 @dataclass(frozen=True)
 class GroupGradientStats:
     """Gradient statistics of one group of parameters."""
 
-    num_params: int  # scalar parameters in the group
-    mean_variance: float  # mean over scalar parameters of the gradient's variance over draws
-    snr: float  # mean over scalar parameters (with nonzero variance) of |mean| / std
-    snr_norm: float  # norm of the mean gradient / sqrt(sum of variances)
-    mean_norm: float  # norm of the mean gradient
-    mean: torch.Tensor  # (num_params,) mean gradient, flattened in parameter order
-    variance: torch.Tensor  # (num_params,) variance over draws (ddof 1)
+    #: scalar parameters in the group
+    num_params: int
+    #: mean over scalar parameters of the gradient's variance over draws
+    mean_variance: float
+    #: mean over scalar parameters (with nonzero variance) of |mean| / std
+    snr: float
+    #: norm of the mean gradient / sqrt(sum of variances)
+    snr_norm: float
+    #: norm of the mean gradient
+    mean_norm: float
+    #: (num_params,) mean gradient, flattened in parameter order
+    mean: torch.Tensor
+    #: (num_params,) variance over draws (ddof 1)
+    variance: torch.Tensor
 
 
+@documented
 @dataclass(frozen=True)
 class GradientStats:
     """What :func:`gradient_stats` measured."""
 
-    groups: dict[str, GroupGradientStats]  # group name -> statistics
-    num_draws: int  # independent gradient draws
-    loss_mean: float  # mean loss over the draws, nats per data point
-    loss_stderr: float  # standard error of that mean
-    seconds_per_draw: float  # wall time of one loss_and_grads call
+    #: group name -> statistics
+    groups: dict[str, GroupGradientStats]
+    #: independent gradient draws
+    num_draws: int
+    #: mean loss over the draws, nats per data point
+    loss_mean: float
+    #: standard error of that mean
+    loss_stderr: float
+    #: wall time of one loss_and_grads call
+    seconds_per_draw: float
 
 
 class _Welford:
@@ -89,6 +104,28 @@ class _Welford:
 
     def variance(self) -> torch.Tensor:
         return self.m2 / (self.n - 1)
+
+
+def _summarize(w: _Welford) -> GroupGradientStats:
+    """A group's statistics from its running moments."""
+    if w.n == 0:  # an empty group
+        empty = torch.zeros(0, dtype=torch.float64)
+        return GroupGradientStats(0, float("nan"), float("nan"), float("nan"), 0.0, empty, empty)
+    var = w.variance()
+    std = var.sqrt()
+    noisy = std > 0
+    snr = float((w.mean[noisy].abs() / std[noisy]).mean()) if bool(noisy.any()) else float("nan")
+    total_var = float(var.sum())
+    mean_norm = float(w.mean.norm())
+    return GroupGradientStats(
+        num_params=w.mean.numel(),
+        mean_variance=float(var.mean()),
+        snr=snr,
+        snr_norm=mean_norm / math.sqrt(total_var) if total_var > 0 else float("inf"),
+        mean_norm=mean_norm,
+        mean=w.mean.cpu(),
+        variance=var.cpu(),
+    )
 
 
 def _flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
@@ -159,27 +196,7 @@ def gradient_stats(
         for key, p in everything.items():
             p.grad = saved[key]
     seconds = (time.perf_counter() - start) / num_draws
-    out = {}
-    for name, w in stats.items():
-        if w.n == 0:  # an empty group
-            empty = torch.zeros(0, dtype=torch.float64)
-            out[name] = GroupGradientStats(0, float("nan"), float("nan"), float("nan"), 0.0, empty, empty)
-            continue
-        var = w.variance()
-        std = var.sqrt()
-        noisy = std > 0
-        snr = float((w.mean[noisy].abs() / std[noisy]).mean()) if bool(noisy.any()) else float("nan")
-        total_var = float(var.sum())
-        mean_norm = float(w.mean.norm())
-        out[name] = GroupGradientStats(
-            num_params=w.mean.numel(),
-            mean_variance=float(var.mean()),
-            snr=snr,
-            snr_norm=mean_norm / math.sqrt(total_var) if total_var > 0 else float("inf"),
-            mean_norm=mean_norm,
-            mean=w.mean.cpu(),
-            variance=var.cpu(),
-        )
+    out = {name: _summarize(w) for name, w in stats.items()}
     loss = torch.tensor(losses, dtype=torch.float64)
     return GradientStats(
         groups=out,

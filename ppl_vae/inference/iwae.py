@@ -83,6 +83,7 @@ from pyro.infer import ELBO
 
 from ..compat import scale_and_mask, warn_if_nan
 from ..errors import ConfigError
+from ..schema import documented
 from .tracing import per_datum, sample_traces, weight_sites
 
 __all__ = ["IWAE_ELBO", "IWAE_GRADIENTS", "IWAETerms"]
@@ -91,16 +92,23 @@ __all__ = ["IWAE_ELBO", "IWAE_GRADIENTS", "IWAETerms"]
 IWAE_GRADIENTS = ("reparam", "dreg")
 
 
+@documented
 @dataclass
 class IWAETerms:
     """The per-data-point pieces of one evaluation of the bound."""
 
-    log_p: torch.Tensor  # (K, N) unscaled log p(x_i, z_ik) over the weighted model sites
-    log_q: torch.Tensor  # (K, N) unscaled log q(z_ik | x_i)
-    score: torch.Tensor | None  # (K, N) unscaled score functions of non-reparameterized guide sites, or None
-    log_q_fixed: torch.Tensor | None  # (K, N) log q at the detached samples (DReG), or None
-    values: list  # the guide's sampled values, which carry the pathwise gradient
-    scale: float  # the common scale of all sites (1/B inside fit)
+    #: (K, N) unscaled log p(x_i, z_ik) over the weighted model sites
+    log_p: torch.Tensor
+    #: (K, N) unscaled log q(z_ik | x_i)
+    log_q: torch.Tensor
+    #: (K, N) unscaled score functions of non-reparameterized guide sites, or None
+    score: torch.Tensor | None
+    #: (K, N) log q at the detached samples (DReG), or None
+    log_q_fixed: torch.Tensor | None
+    #: the guide's sampled values, which carry the pathwise gradient
+    values: list
+    #: the common scale of all sites (1/B inside fit)
+    scale: float
 
     @property
     def log_weights(self) -> torch.Tensor:

@@ -54,9 +54,9 @@ def _fill_none(fn: Callable, pattern: tuple[bool, ...]) -> Callable:
 
 
 class FixedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
-    """Pyro 1.9.2's JitTraceMeanField_ELBO looks for its compiled function under the wrong attribute
-    (``_loss_and_surrogate_loss``, while it stores ``_differentiable_loss``), so it recompiles at every call;
-    this one compiles once."""
+    """Pyro 1.9.2's JitTraceMeanField_ELBO looks for its compiled function under another attribute than the
+    one it stores it under, so it recompiles at every call; this one compiles once (see
+    :func:`ppl_vae.compat.compiled_differentiable_loss`)."""
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         compiled = compiled_differentiable_loss(self)

@@ -69,7 +69,14 @@ from torch.distributions import kl_divergence
 
 from ..compat import elbo_trace, elbo_traces, site_is_subsample
 from ..contract import DATA_PLATE
-from ..schema import NON_NEGATIVE, NON_NEGATIVE_INT, check_fields, documented, number_in, one_of
+from ..schema import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    check_fields,
+    documented,
+    number_in,
+    one_of,
+)
 from .estimators import EstimatorConfig, make_estimator
 
 __all__ = ["KL_SCHEDULES", "KLWeighting", "KLWeighted_ELBO", "WeightingState", "kl_weighted"]
@@ -78,6 +85,7 @@ __all__ = ["KL_SCHEDULES", "KLWeighting", "KLWeighted_ELBO", "WeightingState", "
 KL_SCHEDULES = ("constant", "linear", "cyclical")
 
 
+@documented
 @dataclass(frozen=True)
 class KLWeighting:
     """How the KL terms are weighted (the ``kl_weighting:`` section).
@@ -89,13 +97,20 @@ class KLWeighting:
     - ``cyclical``: ``beta * min(1, ((t mod cycle_steps) / cycle_steps) / cycle_ramp)`` (Fu et al. 2019).
     """
 
-    beta: float = 1.0  # KL weight at full strength (beta-VAE); 1 with no schedule and no free bits is the ELBO
-    sites: tuple[str, ...] = ()  # latent sites whose KL is weighted; () = every latent sample site of the guide
-    schedule: str = "constant"  # constant | linear (warm-up from 0 to beta) | cyclical (repeated warm-ups)
-    warmup_steps: int = 0  # linear: steps for the weight to rise from 0 to beta (>= 1 for linear)
-    cycle_steps: int = 0  # cyclical: steps per cycle (>= 1 for cyclical)
-    cycle_ramp: float = 0.5  # cyclical: fraction of each cycle spent rising from 0 to beta, in (0, 1]
-    free_bits: float = 0.0  # lambda: floor, in nats, on each chosen site's batch-mean KL; 0 = off
+    #: KL weight at full strength (beta-VAE); 1 with no schedule and no free bits is the ELBO
+    beta: float = 1.0
+    #: latent sites whose KL is weighted; () = every latent sample site of the guide
+    sites: tuple[str, ...] = ()
+    #: constant | linear (warm-up from 0 to beta) | cyclical (repeated warm-ups)
+    schedule: str = "constant"
+    #: linear: steps for the weight to rise from 0 to beta (>= 1 for linear)
+    warmup_steps: int = 0
+    #: cyclical: steps per cycle (>= 1 for cyclical)
+    cycle_steps: int = 0
+    #: cyclical: fraction of each cycle spent rising from 0 to beta, in (0, 1]
+    cycle_ramp: float = 0.5
+    #: lambda: floor, in nats, on each chosen site's batch-mean KL; 0 = off
+    free_bits: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(

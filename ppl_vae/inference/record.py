@@ -15,7 +15,6 @@ directory when there is none, in the format of :mod:`ppl_vae.config`:
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from typing import Any
 
@@ -26,6 +25,7 @@ from ..data import Dataset
 from ..guides import GUIDES
 from ..models import MODELS
 from ..programs import FunctionProgram, target_of
+from ..schema import as_mapping, plain
 from .estimators import registry_config
 from .evaluate import EvalConfig
 from .objectives import KLWeighted_ELBO
@@ -39,18 +39,10 @@ class NotReopenableWarning(UserWarning):
     """A run made from Python names a model or guide without an import path; the CLI cannot reopen it."""
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def _component(obj: nn.Module, registry: dict, what: str) -> dict:
     for name, entry in registry.items():
         if entry.cls is not None and type(obj) is entry.cls:
-            return {"name": name, **_plain(dataclasses.asdict(entry.config_of(obj)))}
+            return {"name": name, **as_mapping(entry.config_of(obj))}
     inner = obj.fn if isinstance(obj, FunctionProgram) else obj
     target = target_of(inner)
     if target is None:
@@ -62,7 +54,7 @@ def _component(obj: nn.Module, registry: dict, what: str) -> dict:
         )
         target = f"<not importable: {type(inner).__name__}>"
     rebuildable = capability(inner, Rebuildable)
-    args = _plain(dict(rebuildable.init_args)) if rebuildable is not None and not isinstance(inner, FunctionProgram) else {}
+    args = plain(dict(rebuildable.init_args)) if rebuildable is not None and not isinstance(inner, FunctionProgram) else {}
     return {"name": "python", "target": target, "args": args}
 
 
@@ -71,12 +63,12 @@ def _estimator(elbo: Any) -> tuple[dict, dict, str | None]:
     kl: dict = {}
     for e in estimator_chain(elbo):
         if isinstance(e, KLWeighted_ELBO):
-            kl = _plain(dataclasses.asdict(e.weighting))
+            kl = as_mapping(e.weighting)
         elif isinstance(e, SemiSupervised_ELBO):
             continue
         config = registry_config(e)
         if config is not None:
-            return {"name": config.name, **_plain(dataclasses.asdict(config.options))}, kl, None
+            return {"name": config.name, **as_mapping(config.options)}, kl, None
     return {}, kl, type(elbo).__name__
 
 
@@ -85,15 +77,15 @@ def record_config(model: nn.Module, guide: nn.Module, data: Dataset, estimator: 
     est, kl, hand_built = _estimator(estimator)
     out: dict[str, Any] = {}
     if data.config is not None:
-        out["data"] = _plain(dataclasses.asdict(data.config))
+        out["data"] = as_mapping(data.config)
     out["model"] = _component(model, MODELS, "model")
     out["guide"] = _component(guide, GUIDES, "guide")
     if est:
         out["estimator"] = est
     if kl:
         out["kl_weighting"] = kl
-    out["optim"] = _plain(dataclasses.asdict(optim))
-    out["train"] = _plain(dataclasses.asdict(train))
-    out["eval"] = _plain(dataclasses.asdict(EvalConfig()))
+    out["optim"] = as_mapping(optim)
+    out["train"] = as_mapping(train)
+    out["eval"] = as_mapping(EvalConfig())
     out["run"] = {"python_data": data.config is None, "hand_built_estimator": hand_built}
     return out

@@ -51,7 +51,14 @@ from ..compat import elbo_trace
 from ..contract import DATA_PLATE, Classifier, capability
 from ..errors import ConfigError
 from ..labelled import UNLABELLED
-from ..schema import POSITIVE, POSITIVE_INT, check_fields, documented, number_in, optional
+from ..schema import (
+    POSITIVE,
+    POSITIVE_INT,
+    check_fields,
+    documented,
+    number_in,
+    optional,
+)
 from .evaluate import eval_mode
 from .tracing import dry_trace
 
@@ -66,15 +73,21 @@ __all__ = [
 ]
 
 
+@documented
 @dataclass(frozen=True)
 class SemiSupervisedConfig:
     """Semi-supervised training (the ``semi_supervised:`` section); off while ``num_labels`` is null."""
 
-    num_labels: int | None = None  # training labels kept, balanced across classes (100, 600, 1000, 3000); null: off
-    labelled_per_batch: int = 10  # labelled points in each batch of train.batch_size (cycled through the labels)
-    aux_weight: float | None = None  # alpha per labelled point of the term -alpha log q(y|x); null: 0.1 N / N_labels
-    labelled_weight: float | None = None  # scale of the labelled terms; null: their data share over their batch share
-    seed: int = 0  # seeds which points keep their labels
+    #: training labels kept, balanced across classes (100, 600, 1000, 3000); null: off
+    num_labels: int | None = None
+    #: labelled points in each batch of train.batch_size (cycled through the labels)
+    labelled_per_batch: int = 10
+    #: alpha per labelled point of the term -alpha log q(y|x); null: 0.1 N / N_labels
+    aux_weight: float | None = None
+    #: scale of the labelled terms; null: their data share over their batch share
+    labelled_weight: float | None = None
+    #: seeds which points keep their labels
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_fields(

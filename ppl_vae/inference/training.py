@@ -23,7 +23,6 @@ from torch import nn
 
 from ..contract import HasTrainableState, capability
 from ..errors import CheckpointError, ConfigError
-from .tracing import rng_devices
 from ..schema import (
     BOOL,
     POSITIVE,
@@ -34,6 +33,7 @@ from ..schema import (
     number_in,
     one_of,
 )
+from .tracing import rng_devices
 
 __all__ = [
     "OptimConfig",
@@ -165,9 +165,10 @@ def instantiate(
         except (ConfigError, KeyboardInterrupt):
             raise
         except Exception as err:  # an error in user code on a first call is a contract problem
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise ConfigError(
-                f"the model or guide failed on a batch of {x.shape[0]} training points "
-                f"({type(err).__name__}: {err}); see docs/bring_your_own_model.md for what ppl_vae calls them with"
+                f"the model or guide failed on a batch of {x.shape[0]} training points ({type(err).__name__}: "
+                f"{first}); see docs/bring_your_own_model.md for what ppl_vae calls them with"
             ) from None
 
 
@@ -192,6 +193,7 @@ def _refuse_stray_params(owned: set[int]) -> None:
         )
 
 
+@documented
 @dataclass
 class TrainingState:
     """The model, guide and estimator state, with the optimizer and scheduler over their parameters."""

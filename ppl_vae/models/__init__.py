@@ -9,11 +9,13 @@ from torch import nn
 
 from ..nets import check_choice
 from ..programs import FunctionProgram, PythonTarget, build_target, seeded
+from ..schema import documented
 from ..spec import ModelSpec
 from .spec_model import SpecModel
 from .vae import VAE, VAEConfig
 
 
+@documented
 @dataclass(frozen=True)
 class ModelEntry:
     """A registry entry: the model's config dataclass, how to build the model, and its class."""

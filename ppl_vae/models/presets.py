@@ -23,7 +23,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..spec import GuideFactorSpec, GuideSpec, InputSpec, LatentSpec, ModelSpec, NetSpec, ObservedSpec
+from ..spec import (
+    GuideFactorSpec,
+    GuideSpec,
+    InputSpec,
+    LatentSpec,
+    ModelSpec,
+    NetSpec,
+    ObservedSpec,
+)
 
 __all__ = ["SPECS", "ShippedSpec"]
 

@@ -12,7 +12,15 @@ from pyro.nn import PyroModule
 from ..contract import DATA_PLATE, DATA_SITE
 from ..likelihoods import LIKELIHOODS, make_likelihood
 from ..nets import ACTIVATIONS, MLP
-from ..schema import BOOL, POSITIVE, POSITIVE_INT, SIZES, check_fields, documented, one_of
+from ..schema import (
+    BOOL,
+    POSITIVE,
+    POSITIVE_INT,
+    SIZES,
+    check_fields,
+    documented,
+    one_of,
+)
 
 __all__ = ["VAE", "VAEConfig"]
 
