@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyro
 import torch
 import yaml
-from torch.distributions import constraints
 
 from .errors import CheckpointError, RunDirError
 
-__all__ = ["RunDir", "CHECKPOINT_FORMAT", "capture_rng_state", "restore_rng_state", "param_store_state", "restore_param_store"]
+__all__ = ["RunDir", "CHECKPOINT_FORMAT", "capture_rng_state", "restore_rng_state"]
 
 #: version tag stored in every checkpoint
 CHECKPOINT_FORMAT = "ppl_vae.checkpoint/1"
@@ -76,27 +74,6 @@ def restore_rng_state(state: dict) -> None:
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-
-
-def param_store_state(exclude: set[int]) -> dict[str, torch.Tensor]:
-    """Unconstrained values of the param-store entries that are not module parameters.
-
-    Module parameters travel in the modules' ``state_dict``; what is left are
-    entries Pyro keeps for itself, such as TraceGraph_ELBO's decaying-average baselines.
-    """
-    store = pyro.get_param_store()
-    return {
-        name: value.detach().clone()
-        for name, value in store.named_parameters()
-        if id(value) not in exclude
-    }
-
-
-def restore_param_store(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Put saved param-store entries back (unconstrained values, real-valued)."""
-    # As Pyro stores its params: leaf tensors that require grad, each with a constraint.
-    params = {name: value.to(device).detach().requires_grad_(True) for name, value in state.items()}
-    pyro.get_param_store().set_state({"params": params, "constraints": {name: constraints.real for name in params}})
 
 
 class RunDir:

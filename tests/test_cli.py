@@ -1,12 +1,13 @@
 """Tests of the ``ppl-vae`` command line, run in-process through ``ppl_vae.cli.main``.
 
-One tiny fit (2 epochs on the 8x8 digits) is shared by the module; tests that
+One tiny fit (2 epochs on 200 of the 8x8 digits) is shared by the module; tests that
 change a run work on a copy of it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from ppl_vae.runs import RunDir
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIGITS = CONFIGS / "vae_digits.yaml"
-TINY = ["--set", "train.epochs=2", "--set", "train.progress=false"]
+TINY = ["--set", "train.epochs=2", "--set", "train.progress=false", "--set", "data.num_train=200"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -33,7 +34,7 @@ def _metrics_epochs(run: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> tuple[int, Path]:
-    """Exit status and run directory of ``ppl-vae fit configs/vae_digits.yaml`` for 2 epochs."""
+    """Exit status and run directory of ``ppl-vae fit configs/vae_digits.yaml`` for 2 epochs on 200 digits."""
     out = tmp_path_factory.mktemp("cli_runs")
     code = main(["fit", str(DIGITS), *TINY, "--out-dir", str(out), "--name", "digits"])
     return code, out / "digits"
@@ -83,11 +84,11 @@ def test_evaluate_prints_and_saves_both_estimates(run, capsys):
     assert "ELBO" in out and "log p(x)" in out and "K=20" in out
     result = json.loads((run / "evaluation.json").read_text())
     assert result["split"] == "test" and result["num_samples"] == 20
-    assert result["num_points"] == 359  # 20% of the 1797 digits
-    # log p(x) = logmeanexp_k log w >= mean_k log w = ELBO on the same samples (Jensen), for every
-    # point; the tolerance covers float32 rounding only.
-    assert result["log_likelihood"] >= result["elbo"] - 1e-3
-    assert result["elbo"] < 0
+    assert result["num_points"] == 359  # 20% of the 1797 digits (data.num_train limits the training set only)
+    # The trained model beats p = 1/2 for each of the 64 binary pixels, 64 log 2 = 44.36 nats per digit, which an
+    # untrained decoder (logits near 0, plus a KL >= 0) cannot; measured (seed 0): ELBO -31.9, log p(x) -30.9.
+    assert -64 * math.log(2) < result["elbo"] < 0
+    assert -64 * math.log(2) < result["log_likelihood"] < 0
 
 
 def test_evaluate_another_split(run, capsys):
@@ -120,6 +121,7 @@ def test_no_command_prints_help(capsys):
     assert "usage: ppl-vae" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # end to end: a fresh interpreter imports the whole package (~3 s); in-process tests cover the rest
 def test_installed_console_script_help():
     script = Path(sys.executable).with_name("ppl-vae")
     if not script.exists():

@@ -22,6 +22,7 @@ def _config(name, extra=()):
     return config_from_dict(raw)
 
 
+@pytest.mark.slow  # three trainings and 40 gradient draws each; the estimator-level ordering is in test_estimators
 def test_estimator_comparison_orders_gradient_variance(tmp_path):
     # A categorical latent: REINFORCE without a baseline > with a baseline > exact enumeration.
     config = _config("categorical_vae", ["model.latents=[{name: c, family: categorical, dim: 10}, {name: z, dim: 4}]"])

@@ -366,6 +366,9 @@ def test_partial_mnist_folder_names_the_missing_file(tmp_path):
 # -- the real data sets (from ../shared/data) ------------------------------------------------
 
 
+# Slow: reading and splitting the 60-70k real images takes a second or two per data set.
+
+
 @pytest.fixture(scope="module")
 def mnist() -> Dataset:
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
@@ -373,6 +376,7 @@ def mnist() -> Dataset:
     return load_dataset(DataConfig(name="mnist", download=False), data_dir=SHARED_DATA)
 
 
+@pytest.mark.slow
 def test_mnist_shapes_and_splits(mnist):
     assert mnist.name == "mnist"
     assert tuple(mnist.x_train.shape) == (54_000, 784)  # 60k minus a 10% validation split
@@ -384,6 +388,7 @@ def test_mnist_shapes_and_splits(mnist):
     assert sorted(mnist.y_train.unique().tolist()) == list(range(10))
 
 
+@pytest.mark.slow
 def test_mnist_dynamic_binarization(mnist):
     assert mnist.binarize == "dynamic"
     assert float(mnist.x_train.min()) == 0 and float(mnist.x_train.max()) == 1
@@ -391,6 +396,7 @@ def test_mnist_dynamic_binarization(mnist):
     assert _is_binary(mnist.x_val) and _is_binary(mnist.x_test)
 
 
+@pytest.mark.slow
 def test_binarized_mnist_shapes_and_splits():
     if not (SHARED_DATA / "binarized_mnist").is_dir():
         pytest.skip(f"binarized MNIST is not in {SHARED_DATA}")

@@ -70,7 +70,8 @@ def test_define_your_own_model_walkthrough(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     config = str(ROOT / "configs" / "custom_model.yaml")
     assert main(["show", config]) == 0
-    assert main(["fit", config, "--name", "custom_model", "--set", "train.epochs=2", "--set", "train.progress=false"]) == 0
+    short = ["--set", "train.epochs=2", "--set", "train.progress=false", "--set", "data.num_train=200"]
+    assert main(["fit", config, "--name", "custom_model", *short]) == 0
     assert main(["evaluate", "runs/custom_model", "--num-samples", "20"]) == 0
     assert main(["sample", "runs/custom_model", "-n", "16"]) == 0
     assert (tmp_path / "runs" / "custom_model" / "evaluation.json").is_file()

@@ -180,12 +180,13 @@ def test_flow_density_integrates_to_one_in_1d(name):
 @pytest.mark.parametrize("name", sorted(FLOW_STEPS))
 def test_flow_density_integrates_to_one_in_2d(name):
     head, context = _flow_head(name, 2, seed=12)
-    side = torch.linspace(-12, 12, 241, dtype=torch.float64)
+    side = torch.linspace(-12, 12, 161, dtype=torch.float64)
     zz = torch.cartesian_prod(side, side)  # (G*G, 2)
     with torch.no_grad():
         density = head(context[:1]).log_prob(zz[:, None, :]).exp()[:, 0].reshape(len(side), len(side))
     mass = torch.trapezoid(torch.trapezoid(density, side, dim=1), side).item()
-    # Tolerance 2% (grid spacing 0.1 over a box holding all but a negligible share of the mass).
+    # Tolerance 2% (grid spacing 0.15 over a box holding all but a negligible share of the mass; the largest
+    # error measured is 0.5%, for the spline, whose density is only once differentiable at its knots).
     assert mass == pytest.approx(1.0, abs=0.02)
 
 
@@ -276,6 +277,7 @@ def test_fullcov_guide_set_in_closed_form_is_exact_on_ppca_and_diagonal_is_not()
     assert gap == pytest.approx(min_gap, abs=4 * se + 1e-3)  # within 4 Monte-Carlo standard errors
 
 
+@pytest.mark.slow  # two 240-step trainings; the closed-form test above checks the same gap without training
 def test_trained_fullcov_guide_closes_the_ppca_gap_and_trained_diagonal_does_not():
     model, x, exact, precision, _, _ = _ppca()
     min_gap = _min_diagonal_gap(precision)

@@ -259,6 +259,9 @@ def test_labelled_weight_scales_the_labelled_terms_and_leaves_the_unlabelled_one
 # -- training ------------------------------------------------------------------------------------
 
 
+# Slow: three epochs on all the digits per way. The default run trains each way for one epoch through
+# examples/semi_supervised.py (tests/test_examples.py), and an M2 config through fit_experiment below.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family, estimator",
     [("categorical", "enum"), ("categorical", "tracegraph:nn"), ("relaxed_categorical", "trace")],

@@ -6,6 +6,8 @@ train them through every tool.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -13,53 +15,17 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppl_vae.programs import load_target
+
 X_DIM, Z_DIM, HIDDEN = 64, 4, 32
 
 
-# -- Pyro's tutorial VAE, as two plain functions ----------------------------------------------------
+# -- Pyro's tutorial VAE, as two plain functions: those of examples/pyro_functions.py ------------------
 
-
-class Encoder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(X_DIM, HIDDEN)
-        self.fc21 = nn.Linear(HIDDEN, Z_DIM)
-        self.fc22 = nn.Linear(HIDDEN, Z_DIM)
-
-    def forward(self, x):
-        hidden = torch.nn.functional.softplus(self.fc1(x.reshape(-1, X_DIM)))
-        return self.fc21(hidden), torch.exp(self.fc22(hidden))
-
-
-class Decoder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(Z_DIM, HIDDEN)
-        self.fc21 = nn.Linear(HIDDEN, X_DIM)
-
-    def forward(self, z):
-        return torch.sigmoid(self.fc21(torch.nn.functional.softplus(self.fc1(z))))
-
-
-encoder, decoder = Encoder(), Decoder()
-
-
-def tutorial_model(x):
-    """p(z) p(x|z) with the data site "obs", as in Pyro's VAE tutorial (no labels in the signature)."""
-    pyro.module("decoder", decoder)
-    with pyro.plate("data", x.shape[0]):
-        z_loc = x.new_zeros(x.shape[0], Z_DIM)
-        z_scale = x.new_ones(x.shape[0], Z_DIM)
-        z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
-        pyro.sample("obs", dist.Bernoulli(decoder(z), validate_args=False).to_event(1), obs=x.reshape(-1, X_DIM))
-
-
-def tutorial_guide(x):
-    """q(z|x) of Pyro's VAE tutorial."""
-    pyro.module("encoder", encoder)
-    with pyro.plate("data", x.shape[0]):
-        z_loc, z_scale = encoder(x)
-        pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pyro_functions.py"
+tutorial_model = load_target(f"{_EXAMPLE}:model")  # p(z) p(x|z), data site "obs", no labels in the signature
+tutorial_guide = load_target(f"{_EXAMPLE}:guide")  # q(z|x)
+decoder = load_target(f"{_EXAMPLE}:decoder")  # the network tutorial_model registers with pyro.module
 
 
 # -- a Gaussian-mixture VAE, written by hand as factories of functions -------------------------------

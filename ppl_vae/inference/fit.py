@@ -331,41 +331,68 @@ def _interrupted(run: RunDir | None, where: str) -> FitInterrupted:
     return FitInterrupted(f"interrupted {where}{resume}", str(run.path) if run else None)
 
 
-def _run_epochs(state, batches, data, run, position, train, callbacks) -> list[dict]:
-    """The loop: epochs of steps, then each epoch's metrics and checkpoint. Returns the metrics rows."""
-    ctx, history = FitContext(state.model, state.guide, state.estimator), []
-    stepper = _Stepper(state, train, run)
-    total = train.epochs * len(batches)
-    bar = tqdm(total=total, initial=min(total, position.epoch * len(batches) + position.step), disable=not train.progress, unit="step", dynamic_ncols=True)
-    with bar, _SigintToStop(ctx):
+@dataclass
+class _Loop:
+    """What every part of the loop needs: the state, the batches, the data, the run and the callbacks."""
+
+    state: TrainingState
+    batches: object
+    data: Dataset
+    run: RunDir | None
+    train: TrainConfig
+    callbacks: Sequence[Callback]
+    ctx: FitContext
+    bar: object = None
+
+
+def _run_steps(loop: _Loop, stepper: _Stepper, epoch: int, position: _Position) -> None:
+    """One epoch's steps from ``position``; on a stop request, a checkpoint at the next step, then FitInterrupted."""
+    batches = loop.batches
+    for step, xb, yb in batches.epoch(epoch, position.step, position.generator):
+        loop.ctx.step = step
+        loss = stepper(xb, yb, epoch, step)
+        position.loss_sum, position.points = position.loss_sum + loss * xb.shape[0], position.points + xb.shape[0]
+        loop.bar.update(1)
+        if step % 10 == 0 or step == len(batches) - 1:
+            loop.bar.set_postfix(epoch=epoch + 1, loss=f"{position.loss_sum / position.points:.3f}", refresh=False)
+        for cb in loop.callbacks:
+            cb.on_step(loop.ctx, loss)
+        if loop.ctx.stop_requested and step + 1 < len(batches):
+            generator = batches.generator.get_state()
+            _save(loop.run, loop.state, _Position(epoch, step + 1, generator, position.loss_sum, position.points))
+            raise _interrupted(loop.run, f"at epoch {epoch + 1}, step {step + 1}")
+
+
+def _end_epoch(loop: _Loop, epoch: int, position: _Position, seconds: float) -> dict:
+    """The schedule's step, the epoch's metrics (to the callbacks, the bar and the run), and the checkpoint."""
+    loop.state.scheduler.step()
+    metrics = _epoch_metrics(loop.state, loop.data, loop.train, epoch, position, seconds)
+    for cb in loop.callbacks:
+        cb.on_epoch_end(loop.ctx, metrics)
+    train, done = loop.train, epoch + 1
+    if train.progress and ("val_elbo" in metrics or "test_accuracy" in metrics or done == train.epochs):
+        loop.bar.write(_summary(metrics, train.epochs))
+    if loop.run is not None:
+        loop.run.append_metrics(metrics)
+        if done % train.checkpoint_every == 0 or done == train.epochs or loop.ctx.stop_requested:
+            _save(loop.run, loop.state, _Position(done))
+    return metrics
+
+
+def _run_epochs(loop: _Loop, position: _Position) -> list[dict]:
+    """The loop: each epoch's steps, then its metrics and checkpoint. Returns the metrics rows."""
+    history, stepper, train = [], _Stepper(loop.state, loop.train, loop.run), loop.train
+    total = train.epochs * len(loop.batches)
+    done = min(total, position.epoch * len(loop.batches) + position.step)
+    loop.bar = tqdm(total=total, initial=done, disable=not train.progress, unit="step", dynamic_ncols=True)
+    with loop.bar, _SigintToStop(loop.ctx):
         for epoch in range(position.epoch, train.epochs):
-            ctx.epoch, t0 = epoch, time.perf_counter()
-            for step, xb, yb in batches.epoch(epoch, position.step, position.generator):
-                ctx.step = step
-                loss = stepper(xb, yb, epoch, step)
-                position.loss_sum, position.points = position.loss_sum + loss * xb.shape[0], position.points + xb.shape[0]
-                bar.update(1)
-                if step % 10 == 0 or step == len(batches) - 1:
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{position.loss_sum / position.points:.3f}", refresh=False)
-                for cb in callbacks:
-                    cb.on_step(ctx, loss)
-                if ctx.stop_requested and step + 1 < len(batches):
-                    _save(run, state, _Position(epoch, step + 1, batches.generator.get_state(), position.loss_sum, position.points))
-                    raise _interrupted(run, f"at epoch {epoch + 1}, step {step + 1}")
-            state.scheduler.step()
-            metrics = _epoch_metrics(state, data, train, epoch, position, time.perf_counter() - t0)
-            for cb in callbacks:
-                cb.on_epoch_end(ctx, metrics)
-            history.append(metrics)
-            if train.progress and ("val_elbo" in metrics or "test_accuracy" in metrics or epoch + 1 == train.epochs):
-                bar.write(_summary(metrics, train.epochs))
+            loop.ctx.epoch, t0 = epoch, time.perf_counter()
+            _run_steps(loop, stepper, epoch, position)
+            history.append(_end_epoch(loop, epoch, position, time.perf_counter() - t0))
             position = _Position(epoch + 1)
-            if run is not None:
-                run.append_metrics(metrics)
-                if (epoch + 1) % train.checkpoint_every == 0 or epoch + 1 == train.epochs or ctx.stop_requested:
-                    _save(run, state, position)
-            if ctx.stop_requested and epoch + 1 < train.epochs:
-                raise _interrupted(run, f"after epoch {epoch + 1}")
+            if loop.ctx.stop_requested and epoch + 1 < train.epochs:
+                raise _interrupted(loop.run, f"after epoch {epoch + 1}")
     return history
 
 
@@ -436,7 +463,8 @@ def fit(
         position = _restore(run, state, device) if resume else _Position()
         for m in state.modules:
             m.train()
-        history = _run_epochs(state, batches, data, run, position, train, callbacks)
+        ctx = FitContext(state.model, state.guide, state.estimator)
+        history = _run_epochs(_Loop(state, batches, data, run, train, callbacks, ctx), position)
     final = history[-1]["train_loss"] if history else float("nan")
     return FitResult(history, max(position.epoch, train.epochs), str(device), run, final, state.model, state.guide)
 
