@@ -35,7 +35,7 @@ from .experiment import build_experiment, conditioning_labels, training_estimato
 from .families import FAMILIES
 from .guides import GUIDES
 from .heads import HEADS, parse_head
-from .inference.diagnostics import importance_diagnostics
+from .inference.diagnostics import MIN_PSIS_SAMPLES, importance_diagnostics
 from .inference.estimators import parse_estimator
 from .inference.evaluate import eval_mode, evaluate
 from .inference.fit import Callback, FitContext, fit
@@ -346,5 +346,14 @@ def compare_guides(
 ) -> tuple[list[dict], dict[str, Path]]:
     """Train ``config``'s model with each guide (a head, or a guide named by import path) for the same budget
     and seed; report bounds, the approximation gap, KL per dimension, active units, wall time and PSIS
-    diagnostics."""
-    return _compare("guides", guide_variants(config, guides), out_dir, compare or CompareConfig(), data_dir)
+    diagnostics.
+
+    :raises ConfigError: for fewer importance samples than PSIS needs (``MIN_PSIS_SAMPLES``, 21).
+    """
+    compare = compare or CompareConfig()
+    if compare.num_samples < MIN_PSIS_SAMPLES:
+        raise ConfigError(
+            f"compare-guides reports PSIS k-hat, which needs at least {MIN_PSIS_SAMPLES} importance samples per point "
+            f"(-k {MIN_PSIS_SAMPLES} or more), got {compare.num_samples}"
+        )
+    return _compare("guides", guide_variants(config, guides), out_dir, compare, data_dir)

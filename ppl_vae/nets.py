@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .schema import POSITIVE_INT, check_value
+
 __all__ = ["ACTIVATIONS", "MLP", "Trunk", "ConvEncoder", "ConvDecoder", "activation", "check_choice", "flatten_batch"]
 
 #: Registry of activation constructors, chosen by name in configs.
@@ -59,8 +61,7 @@ class MLP(nn.Sequential):
         activation_name: str = "relu",
     ) -> None:
         for name, value in [("in_dim", in_dim), ("out_dim", out_dim), *(("hidden_dims", h) for h in hidden_dims)]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MLP {name} must be a positive int, got {value!r}")
+            check_value(f"MLP {name}", value, POSITIVE_INT)
         check_choice("activation", activation_name, ACTIVATIONS)
         layers: list[nn.Module] = []
         sizes = [in_dim, *hidden_dims]

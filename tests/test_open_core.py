@@ -438,3 +438,59 @@ def test_spec_fields_that_would_be_ignored_are_errors_naming_the_variable(latent
 def test_jit_estimators_refuse_functions_naming_their_twin(name, digits):
     with pytest.raises(ConfigError, match=f"Use {name.removeprefix('jit_')}, or write the model and guide as PyroModules"):
         fit(gmm_vae(), gmm_guide(), digits, estimator=name, train=TrainConfig(**TRAIN))
+
+
+# -- the three hand-written models through every tool ---------------------------------------------------
+
+THREE = {
+    "tutorial_functions": (TUTORIAL["model"], TUTORIAL["guide"], "trace,iwae:3", "normal,iaf:2"),
+    "two_site_module": ({"name": "python", "target": "tests.user_models:TwoLatentVAE"},
+                        {"name": "python", "target": "tests.user_models:ChainGuide"}, "trace:2,iwae:3", "normal,fullcov"),
+    "gaussian_mixture": (GMM["model"], GMM["guide"], "enum,tracegraph:avg", "normal,planar:2"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(THREE))
+@pytest.mark.filterwarnings("ignore::ppl_vae.contract.ParticleLoopWarning")  # the chain guide's, tested above
+def test_each_hand_written_model_runs_through_every_command(name, tmp_path, monkeypatch, capsys):
+    model, guide, estimators, heads = THREE[name]
+    estimator = {"name": estimators.split(",")[0].split(":")[0]}
+    config = _write(tmp_path, {**TUTORIAL, "model": model, "guide": guide, "estimator": estimator})
+    monkeypatch.chdir(tmp_path)
+    fast = ["-k", "5", "--eval-points", "10"]
+    assert main(["fit", config, "--name", "run"]) == 0
+    assert main(["evaluate", "runs/run", "-k", "5"]) == 0
+    assert main(["sample", "runs/run", "-n", "4"]) == 0
+    assert main(["compare-estimators", config, "--estimators", estimators, "--out", "e", "--grad-draws", "3", *fast]) == 0
+    assert main(["compare-guides", config, "--heads", heads, "--out", "g", "-k", "25", "--eval-points", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "log p(x) (importance)" in out and (tmp_path / "runs" / "run" / "samples.png").is_file()
+    for folder, variants in (("e", estimators), ("g", heads)):
+        rows = [yaml.safe_load((tmp_path / folder / v.replace(":", "_") / "variant.json").read_text())["row"]
+                for v in variants.split(",")]
+        assert all(math.isfinite(r["test_log_px"]) for r in rows), rows
+
+
+@pytest.mark.parametrize("name", ["two_site_module", "gaussian_mixture"])
+@pytest.mark.filterwarnings("ignore::ppl_vae.contract.ParticleLoopWarning")
+@pytest.mark.filterwarnings("ignore::ppl_vae.inference.record.NotReopenableWarning")
+def test_each_hand_written_model_runs_through_the_python_api(name, digits, tmp_path):
+    from ppl_vae.compare import CompareConfig, compare_estimators, compare_guides
+
+    if name == "two_site_module":
+        model, guide, estimator = TwoLatentVAE(), ChainGuide(), "trace"
+    else:
+        model, guide, estimator = gmm_vae(3), gmm_guide(3), "enum"
+    fit(model, guide, digits, estimator=estimator, train=TrainConfig(**TRAIN))
+    assert math.isfinite(evaluate(model, guide, digits.x_test[:10], config=EvalConfig(num_samples=5)).log_likelihood)
+    assert sample_images(model, 4, digits.x_shape, seed=0).shape == (4, 64)
+    config = config_from_dict({**TUTORIAL, **{k: v for k, v in zip(("model", "guide"), THREE[name][:2])},
+                               "estimator": {"name": estimator}})
+    small = CompareConfig(num_eval_points=10, num_samples=5, grad_draws=3)
+    rows, _ = compare_estimators(config, [estimator], tmp_path / "e", small)
+    assert math.isfinite(rows[0]["test_log_px"])
+    with pytest.raises(ConfigError, match="PSIS k-hat, which needs at least 21 importance samples"):
+        compare_guides(config, ["normal"], tmp_path / "g", small)
+    rows, _ = compare_guides(config, ["normal"], tmp_path / "g", CompareConfig(num_eval_points=10, num_samples=25))
+    assert math.isfinite(rows[0]["test_log_px"])

@@ -252,7 +252,7 @@ def test_labelled_weight_scales_the_labelled_terms_and_leaves_the_unlabelled_one
     both_3, lab_3 = losses(0.25)
     assert lab_3 == pytest.approx(0.25 * lab_1, rel=1e-5)
     assert both_3 - lab_3 == pytest.approx(both_1 - lab_1, rel=1e-5)  # the unlabelled part is unchanged
-    with pytest.raises(ValueError, match="labelled_weight must be > 0"):
+    with pytest.raises(ValueError, match="labelled_weight must be a finite number > 0"):
         SemiSupervised_ELBO(make_estimator("enum"), aux_weight=1.0, labelled_weight=0.0)
 
 

@@ -44,7 +44,7 @@ from pyro import poutine
 from ..compat import site_is_subsample
 from ..contract import DATA_PLATE, PARTICLE_PLATE, HasXShape, capability
 from ..programs import as_modules
-from ..schema import documented
+from ..schema import POSITIVE, check_value, documented
 from .evaluate import eval_mode, log_weights
 
 __all__ = [
@@ -148,8 +148,7 @@ def psis_diagnostics(log_weights: torch.Tensor | np.ndarray, k_threshold: float 
         raise ValueError(f"PSIS needs at least {MIN_PSIS_SAMPLES} samples per point, got {num_samples}")
     if not np.isfinite(lw).all():
         raise ValueError("log_weights must be finite")
-    if not 0 < k_threshold:
-        raise ValueError(f"k_threshold must be > 0, got {k_threshold!r}")
+    check_value("k_threshold", k_threshold, POSITIVE)
     az = _arviz()
     lw = np.ascontiguousarray(lw.T)  # (N, K): ArviZ wants the samples last
     smoothed, khat = az.psislw(lw, reff=1.0)  # importance draws are independent, so relative efficiency 1

@@ -55,6 +55,7 @@ from ..schema import (
     POSITIVE,
     POSITIVE_INT,
     check_fields,
+    check_value,
     documented,
     number_in,
     optional,
@@ -144,10 +145,8 @@ class SemiSupervised_ELBO(ELBO):
 
     def __init__(self, base: ELBO, aux_weight: float, labelled_weight: float = 1.0) -> None:
         super().__init__(max_plate_nesting=getattr(base, "max_plate_nesting", 1))
-        if not aux_weight >= 0:
-            raise ValueError(f"aux_weight must be >= 0, got {aux_weight!r}")
-        if not labelled_weight > 0:
-            raise ValueError(f"labelled_weight must be > 0, got {labelled_weight!r}")
+        check_value("aux_weight", aux_weight, number_in(0))
+        check_value("labelled_weight", labelled_weight, POSITIVE)
         self.base = base
         self.aux_weight = float(aux_weight)
         self.labelled_weight = float(labelled_weight)
