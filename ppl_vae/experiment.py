@@ -186,8 +186,12 @@ def resume_experiment(
     if config.run.hand_built_estimator or config.run.python_data:
         what = "data passed as a tensor" if config.run.python_data else f"a hand-built estimator ({config.run.hand_built_estimator})"
         raise ConfigError(f"{run_dir.path} was trained from Python with {what}; resume it from Python with fit(..., resume=True)")
-    if overrides:
-        run_dir.write_config(config_to_dict(config))
+    stage = stage_run(run_dir) if config.m1 is not None else None
+    if not run_dir.has_checkpoint() and not (stage is not None and stage.has_checkpoint()):
+        raise CheckpointError(
+            f"cannot resume {run_dir.path}: it has no checkpoint ({run_dir.CHECKPOINT} is missing), as a run killed "
+            f"before its first checkpoint; start it again with: ppl-vae fit {run_dir.config_path}"
+        )
     return fit_experiment(config, run_dir, data_dir=data_dir, callbacks=callbacks, resume=True)
 
 

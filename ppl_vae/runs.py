@@ -6,19 +6,33 @@ A run directory holds::
     metrics.jsonl      one JSON line per finished epoch
     checkpoint.pt      the latest checkpoint (written to a temporary file, then renamed)
     evaluation.json    written by ``ppl-vae evaluate``
+    .lock              held by the process that trains the run (an OS lock, released when it dies)
 
 A checkpoint is a plain ``dict`` of tensors and numbers, loaded with
-``torch.load(weights_only=True)``: it never unpickles arbitrary objects.
+``torch.load(weights_only=True)``: it never unpickles arbitrary objects. It carries
+a SHA-256 digest of its own contents, checked on load, so a damaged file is an error
+rather than silently wrong parameters.
+
+What survives which stop: Ctrl-C and SIGTERM write a checkpoint after the current
+step; a crash (kill -9, power loss) loses the steps since the last checkpoint, which
+the next ``--resume`` repeats exactly. The checkpoint records how many epochs of
+metrics it covers, and a resume drops the rows after them; a damaged metrics line is
+moved aside to ``metrics.damaged.txt``, the valid rows around it are kept. A temporary
+file left by a crash during a write is removed when the run is next trained.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
 import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -26,16 +40,51 @@ import yaml
 
 from .errors import CheckpointError, RunDirError
 
-__all__ = ["RunDir", "CHECKPOINT_FORMAT", "capture_rng_state", "restore_rng_state"]
+__all__ = ["RunDir", "CHECKPOINT_FORMAT", "capture_rng_state", "restore_rng_state", "digest"]
 
 #: version tag stored in every checkpoint
-CHECKPOINT_FORMAT = "ppl_vae.checkpoint/1"
+CHECKPOINT_FORMAT = "ppl_vae.checkpoint/2"
+#: the format before digests, still read (without the check)
+_FORMAT_WITHOUT_DIGEST = "ppl_vae.checkpoint/1"
 _REQUIRED_KEYS = ("format", "epoch", "step", "model", "guide", "optimizer", "rng")
+
+log = logging.getLogger("ppl_vae")
+
+
+def _feed(h: Any, value: Any) -> None:
+    """Feed a checkpoint's value into a hash, in a canonical order (keys sorted, tensors by their bytes)."""
+    if isinstance(value, dict):
+        h.update(b"{")
+        for key in sorted(value, key=repr):
+            h.update(repr(key).encode())
+            _feed(h, value[key])
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[")
+        for item in value:
+            _feed(h, item)
+        h.update(b"]")
+    elif torch.is_tensor(value):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    else:
+        h.update(repr(value).encode())
+
+
+def digest(state: dict) -> str:
+    """SHA-256 of a checkpoint's contents (every key but ``digest`` itself)."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "digest"})
+    return h.hexdigest()
+
+
+_TMP = ".tmp-"
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{_TMP}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -139,25 +188,87 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
 
-    def read_metrics(self) -> list[dict]:
+    DAMAGED_METRICS = "metrics.damaged.txt"
+
+    def _metrics_lines(self) -> tuple[list[dict], list[str]]:
+        """The valid rows, and the damaged lines (not a JSON object with an epoch), of metrics.jsonl."""
         if not self.metrics_path.exists():
-            return []
-        rows = []
-        with open(self.metrics_path) as f:
+            return [], []
+        rows, damaged = [], []
+        with open(self.metrics_path, errors="replace") as f:
             for line in f:
                 line = line.strip()
-                if line:
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        break  # a line cut short by a crash; what follows it is not trusted
-        return rows
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    row = None
+                if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                    rows.append(row)
+                else:
+                    damaged.append(line)
+        return rows, damaged
+
+    def read_metrics(self) -> list[dict]:
+        """The valid metrics rows; a damaged line (cut short by a crash, or edited) is skipped, not what follows it."""
+        return self._metrics_lines()[0]
 
     def truncate_metrics(self, num_epochs: int) -> None:
-        """Keep the rows of the first ``num_epochs`` epochs (those a checkpoint covers)."""
-        rows = [r for r in self.read_metrics() if r.get("epoch", 0) <= num_epochs]
-        text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        """Keep the rows of the first ``num_epochs`` epochs (those a checkpoint covers), one per epoch; move
+        damaged lines aside to ``metrics.damaged.txt`` and say so."""
+        rows, damaged = self._metrics_lines()
+        kept: dict[int, dict] = {}
+        for row in rows:
+            if row["epoch"] <= num_epochs:
+                kept.setdefault(row["epoch"], row)
+        if damaged:
+            with open(self.path / self.DAMAGED_METRICS, "a") as f:
+                f.write("".join(line + "\n" for line in damaged))
+            log.warning(
+                "%s had %d damaged line(s); moved them to %s and kept the valid rows",
+                self.metrics_path, len(damaged), self.path / self.DAMAGED_METRICS,
+            )
+        text = "".join(json.dumps(kept[e]) + "\n" for e in sorted(kept)).encode()
         atomic_write_bytes(self.metrics_path, lambda f: f.write(text))
+
+    # -- the writer's lock ----------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock (an OS lock on ``.lock``, released when the process dies) while training it.
+
+        Also removes the temporary files a crash during a write left behind (no other process writes).
+
+        :raises RunDirError: when another process holds it.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                raise RunDirError(
+                    f"{self.path} is being trained by another process ({'pid ' + holder if holder else 'unknown pid'}); "
+                    "wait for it to finish, or stop it, before training this run again"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self._remove_stale_temporaries()
+            yield
+        finally:
+            os.close(fd)
+
+    def _remove_stale_temporaries(self) -> None:
+        for tmp in self.path.glob(f".*{_TMP}*"):
+            tmp.unlink(missing_ok=True)
 
     # -- checkpoints ----------------------------------------------------------------------
     @property
@@ -168,8 +279,9 @@ class RunDir:
         return self.checkpoint_path.is_file()
 
     def save_checkpoint(self, state: dict) -> None:
-        """Write ``state`` atomically: a temporary file, fsync, then rename."""
+        """Write ``state`` atomically (a temporary file, fsync, then rename), with a digest of its contents."""
         state = {"format": CHECKPOINT_FORMAT, **state}
+        state["digest"] = digest(state)
         atomic_write_bytes(self.checkpoint_path, lambda f: torch.save(state, f))
 
     def load_checkpoint(self, map_location: torch.device | str = "cpu") -> dict:
@@ -181,13 +293,19 @@ class RunDir:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:  # zip errors, EOF, unpickling errors all mean the same to a user
             raise CheckpointError(
-                f"checkpoint {path} is corrupted or truncated and cannot be read ({type(err).__name__}: {err})"
+                f"checkpoint {path} is corrupted or truncated and cannot be read ({type(err).__name__}); "
+                "resume from a copy, or train the run again"
             ) from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in (CHECKPOINT_FORMAT, _FORMAT_WITHOUT_DIGEST):
             raise CheckpointError(f"{path} is not a ppl_vae checkpoint (expected format {CHECKPOINT_FORMAT})")
         missing = [k for k in _REQUIRED_KEYS if k not in state]
         if missing:
             raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}")
+        if state["format"] == CHECKPOINT_FORMAT and state.get("digest") != digest(state):
+            raise CheckpointError(
+                f"checkpoint {path} is damaged: its contents do not match the digest stored with them; resume from "
+                "a copy, or train the run again"
+            )
         return state
 
     # -- evaluation -----------------------------------------------------------------------

@@ -88,18 +88,21 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
 
 
 class StopAt(Callback):
-    def __init__(self, epoch, step, via_signal=False):
+    def __init__(self, epoch, step, via_signal=None):
         self.epoch, self.step, self.via_signal = epoch, step, via_signal
 
     def on_step(self, ctx, loss):
         if (ctx.epoch, ctx.step) == (self.epoch, self.step):
             if self.via_signal:
-                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+                os.kill(os.getpid(), self.via_signal)  # what Ctrl-C, or a scheduler's stop, sends
             else:
                 ctx.request_stop()
 
 
-@pytest.mark.parametrize("stop", [(1, 2, False), (2, 4, False), (0, 1, True)], ids=["mid-epoch", "epoch-end", "sigint"])
+@pytest.mark.parametrize(
+    "stop", [(1, 2, None), (2, 4, None), (0, 1, signal.SIGINT), (1, 1, signal.SIGTERM)],
+    ids=["mid-epoch", "epoch-end", "sigint", "sigterm"],
+)
 def test_interrupted_and_resumed_fit_equals_uninterrupted_fit(tmp_path, stop):
     config = _digits_config(tmp_path, epochs=4)
     full_run = RunDir.create(tmp_path, "full")
@@ -109,6 +112,8 @@ def test_interrupted_and_resumed_fit_equals_uninterrupted_fit(tmp_path, stop):
     with pytest.raises(FitInterrupted) as info:
         fit_experiment(config, run, callbacks=[StopAt(*stop)])
     assert "resume with: ppl-vae fit --resume" in str(info.value)
+    assert info.value.signal == stop[2]
+    assert ("by SIGTERM" in str(info.value)) == (stop[2] == signal.SIGTERM)
     state = run.load_checkpoint()
     assert (state["epoch"], state["step"]) != (0, 0)
 

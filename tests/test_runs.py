@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from ppl_vae.errors import CheckpointError, RunDirError
+from ppl_vae.errors import CheckpointError, ConfigError, RunDirError
 from ppl_vae.runs import (
     CHECKPOINT_FORMAT,
     RunDir,
@@ -252,3 +255,126 @@ def test_rng_state_survives_a_checkpoint(run):
     random.seed(0)
     restore_rng_state(run.load_checkpoint()["rng"])
     _assert_same(_draws(), first)
+
+
+# -- run state that survives every way a process can stop (see the module docstring of ppl_vae.runs) -----
+
+
+def _trained(tmp_path, epochs=2, name="run"):
+    from ppl_vae.config import config_from_dict
+    from ppl_vae.experiment import fit_experiment
+
+    raw = {
+        "data": {"name": "digits", "num_train": 60},
+        "model": {"name": "vae", "latent_dim": 2, "hidden_dims": [8]},
+        "guide": {"name": "amortized", "hidden_dims": [8]},
+        "train": {"epochs": epochs, "batch_size": 30, "progress": False, "device": "cpu"},
+        "eval": {"num_samples": 5},
+    }
+    run = RunDir(tmp_path / name)
+    fit_experiment(config_from_dict(raw), run)
+    return run
+
+
+def _resume(run, *overrides):
+    from ppl_vae.experiment import resume_experiment
+
+    return resume_experiment(run, list(overrides))
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_one_clear_error(tmp_path):
+    run = _trained(tmp_path)
+    state = run.load_checkpoint()
+    weight = state["guide"]["heads.z.linear.weight"]
+    blob = bytearray(run.checkpoint_path.read_bytes())
+    at = blob.find(weight.numpy().tobytes()[:16])  # the tensor's raw bytes, stored as they are in the zip
+    assert at > 0
+    blob[at + 3] ^= 0x10
+    run.checkpoint_path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="is damaged: its contents do not match the digest"):
+        run.load_checkpoint()
+
+
+def test_a_resume_without_a_checkpoint_is_an_error_and_changes_nothing(tmp_path):
+    run = _trained(tmp_path)
+    run.checkpoint_path.unlink()
+    before = run.metrics_path.read_text()
+    with pytest.raises(CheckpointError, match="cannot resume .* it has no checkpoint .* start it again with: ppl-vae fit"):
+        _resume(run, "train.epochs=3")
+    assert run.metrics_path.read_text() == before
+
+
+def test_a_damaged_metrics_line_is_set_aside_and_the_valid_rows_kept(tmp_path, caplog):
+    run = _trained(tmp_path, epochs=3)
+    lines = run.metrics_path.read_text().splitlines()
+    lines[1] = lines[1][: len(lines[1]) // 2]  # epoch 2's row cut in half
+    run.metrics_path.write_text("\n".join(lines) + "\n")
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 3]  # the rows after it are still read
+    with caplog.at_level("WARNING", logger="ppl_vae"):
+        _resume(run, "train.epochs=4")
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 3, 4]
+    assert (run.path / "metrics.damaged.txt").read_text() == lines[1] + "\n"
+    assert any("damaged line" in r.getMessage() for r in caplog.records)
+
+
+def test_metrics_written_after_the_last_checkpoint_are_dropped_on_resume(tmp_path):
+    # kill -9 after an epoch's metrics row and before its checkpoint: the row is not covered, the epoch runs again
+    run = _trained(tmp_path, epochs=2)
+    run.append_metrics({"epoch": 3, "train_loss": -1.0})
+    _resume(run, "train.epochs=3")
+    rows = run.read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[2]["train_loss"] != -1.0
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
+    run = _trained(tmp_path)
+    with run.lock():
+        with pytest.raises(RunDirError, match=rf"is being trained by another process \(pid {os.getpid()}\)"):
+            _resume(run, "train.epochs=3")
+    _resume(run, "train.epochs=3")  # released
+
+
+@pytest.mark.slow  # starts a Python process
+def test_the_lock_of_a_killed_process_is_released(tmp_path):
+    run = _trained(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import time; from ppl_vae.runs import RunDir; held = RunDir({str(run.path)!r}).lock(); held.__enter__(); "
+         "print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match="another process"):
+            _resume(run, "train.epochs=3")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    _resume(run, "train.epochs=3")
+
+
+def test_resuming_with_fewer_epochs_than_done_is_refused_and_leaves_the_config(tmp_path):
+    run = _trained(tmp_path, epochs=2)
+    before = run.config_path.read_text()
+    with pytest.raises(ConfigError, match="has done 2 epochs, more than train.epochs=1"):
+        _resume(run, "train.epochs=1")
+    assert run.config_path.read_text() == before
+
+
+def test_an_edited_config_is_refused_on_resume_as_an_override_is(tmp_path):
+    run = _trained(tmp_path, epochs=2)
+    raw = run.read_config()
+    raw["optim"]["lr"] = 0.05
+    run.write_config(raw)
+    with pytest.raises(ConfigError, match=r"differs from the one its checkpoint was trained with in optim.lr \(0.001 in"):
+        _resume(run, "train.epochs=3")
+    with pytest.raises(ConfigError, match="may change only train"):
+        _resume(run, "optim.lr=0.05")
+
+
+def test_a_temporary_file_left_by_a_crash_is_removed_when_the_run_is_trained_again(tmp_path):
+    run = _trained(tmp_path, epochs=1)
+    stale = run.path / ".checkpoint.pt.tmp-99999"
+    stale.write_bytes(b"half a checkpoint")
+    _resume(run, "train.epochs=2")
+    assert not stale.exists()

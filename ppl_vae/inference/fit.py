@@ -117,26 +117,31 @@ class FitContext:
         self.stop_requested = True
 
 
-class _SigintToStop:
-    """While active, the first Ctrl-C asks the loop to stop cleanly; a second one interrupts at once."""
+class _StopOnSignal:
+    """While active, the first Ctrl-C or SIGTERM asks the loop to stop cleanly (a checkpoint after the current
+    step); a second one interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, ctx: FitContext) -> None:
         self.ctx = ctx
-        self.previous = None
+        self.previous: dict = {}
+        self.received: int | None = None
 
-    def __enter__(self) -> "_SigintToStop":
+    def __enter__(self) -> "_StopOnSignal":
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.ctx.stop_requested:
             raise KeyboardInterrupt
+        self.received = signum
         self.ctx.request_stop()
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def check_data(model, data: Dataset) -> None:
@@ -238,13 +243,41 @@ class _Position:
         }
 
 
-def _save(run: RunDir | None, state: TrainingState, position: _Position) -> None:
+def _save(run: RunDir | None, state: TrainingState, position: _Position, config: dict | None = None) -> None:
     if run is not None:
-        run.save_checkpoint({**position.payload(), **state.state_dict(), "rng": capture_rng_state()})
+        extra = {"config": config} if config is not None else {}
+        run.save_checkpoint({**position.payload(), **state.state_dict(), "rng": capture_rng_state(), **extra})
 
 
-def _restore(run: RunDir, state: TrainingState, device: torch.device) -> _Position:
+def _changed_keys(saved: dict, config: dict, prefix: str = "") -> list[str]:
+    """The keys outside ``train`` whose values differ between two config mappings (keys that one of them
+    leaves out, to their defaults, are not compared)."""
+    out = []
+    for key in sorted(set(saved) & set(config)):
+        where = f"{prefix}{key}"
+        if where in ("train", "run"):
+            continue
+        a, b = saved.get(key), config.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, where + ".")
+        elif a != b:
+            out.append(f"{where} ({a!r} in the checkpoint, {b!r} now)")
+    return out
+
+
+def _restore(run: RunDir, state: TrainingState, device: torch.device, train: TrainConfig, config: dict | None) -> _Position:
     saved = run.load_checkpoint(map_location=device)
+    if saved["epoch"] > train.epochs:
+        raise ConfigError(
+            f"{run.path} has done {saved['epoch']} epochs, more than train.epochs={train.epochs}; resume with "
+            f"train.epochs of at least {saved['epoch']} (the run's config.yaml is left as it was)"
+        )
+    changed = _changed_keys(saved["config"], config) if config is not None and "config" in saved else []
+    if changed:
+        raise ConfigError(
+            f"the config of {run.path} differs from the one its checkpoint was trained with in {'; '.join(changed)}; "
+            "a resumed run may change train.* only: restore config.yaml, or start a new run"
+        )
     state.load_state_dict(saved, str(run.path))
     restore_rng_state(saved["rng"])
     run.truncate_metrics(saved["epoch"])
@@ -326,9 +359,14 @@ def _summary(metrics: dict, epochs: int) -> str:
     return line
 
 
-def _interrupted(run: RunDir | None, where: str) -> FitInterrupted:
+def _interrupted(loop: "_Loop", where: str) -> FitInterrupted:
+    run = loop.run
+    received = loop.stopper.received if loop.stopper is not None else None
+    by = " by SIGTERM" if received == signal.SIGTERM else ""
     resume = f"; resume with: ppl-vae fit --resume {run.path}" if run else ""
-    return FitInterrupted(f"interrupted {where}{resume}", str(run.path) if run else None)
+    err = FitInterrupted(f"interrupted{by} {where}{resume}", str(run.path) if run else None)
+    err.signal = received  # the CLI exits with 128 + the signal's number
+    return err
 
 
 @dataclass
@@ -342,7 +380,9 @@ class _Loop:
     train: TrainConfig
     callbacks: Sequence[Callback]
     ctx: FitContext
+    config: dict | None = None  #: the run's config mapping, stored in every checkpoint
     bar: object = None
+    stopper: object = None
 
 
 def _run_steps(loop: _Loop, stepper: _Stepper, epoch: int, position: _Position) -> None:
@@ -359,8 +399,8 @@ def _run_steps(loop: _Loop, stepper: _Stepper, epoch: int, position: _Position) 
             cb.on_step(loop.ctx, loss)
         if loop.ctx.stop_requested and step + 1 < len(batches):
             generator = batches.generator.get_state()
-            _save(loop.run, loop.state, _Position(epoch, step + 1, generator, position.loss_sum, position.points))
-            raise _interrupted(loop.run, f"at epoch {epoch + 1}, step {step + 1}")
+            _save(loop.run, loop.state, _Position(epoch, step + 1, generator, position.loss_sum, position.points), loop.config)
+            raise _interrupted(loop, f"at epoch {epoch + 1}, step {step + 1}")
 
 
 def _end_epoch(loop: _Loop, epoch: int, position: _Position, seconds: float) -> dict:
@@ -375,7 +415,7 @@ def _end_epoch(loop: _Loop, epoch: int, position: _Position, seconds: float) -> 
     if loop.run is not None:
         loop.run.append_metrics(metrics)
         if done % train.checkpoint_every == 0 or done == train.epochs or loop.ctx.stop_requested:
-            _save(loop.run, loop.state, _Position(done))
+            _save(loop.run, loop.state, _Position(done), loop.config)
     return metrics
 
 
@@ -385,14 +425,15 @@ def _run_epochs(loop: _Loop, position: _Position) -> list[dict]:
     total = train.epochs * len(loop.batches)
     done = min(total, position.epoch * len(loop.batches) + position.step)
     loop.bar = tqdm(total=total, initial=done, disable=not train.progress, unit="step", dynamic_ncols=True)
-    with loop.bar, _SigintToStop(loop.ctx):
+    loop.stopper = _StopOnSignal(loop.ctx)
+    with loop.bar, loop.stopper:
         for epoch in range(position.epoch, train.epochs):
             loop.ctx.epoch, t0 = epoch, time.perf_counter()
             _run_steps(loop, stepper, epoch, position)
             history.append(_end_epoch(loop, epoch, position, time.perf_counter() - t0))
             position = _Position(epoch + 1)
             if loop.ctx.stop_requested and epoch + 1 < train.epochs:
-                raise _interrupted(loop.run, f"after epoch {epoch + 1}")
+                raise _interrupted(loop, f"after epoch {epoch + 1}")
     return history
 
 
@@ -434,8 +475,9 @@ def fit(
     :param int labelled_per_batch: semi-supervised data only (training labels -1 where hidden, see
         :func:`ppl_vae.labelled.hide_labels`): draw :class:`~ppl_vae.labelled.MixedBatches` with this many
         labelled points per batch. None: plain shuffled batches.
-    :param dict run_config: the config mapping to write into a new run directory (``config.yaml``); None
-        records one from the objects (:func:`~ppl_vae.inference.record.record_config`).
+    :param dict run_config: the run's config mapping: written to ``config.yaml`` (on a resume, after the
+        checkpoint has been checked against it: only ``train`` may differ), and stored in every checkpoint;
+        None records one from the objects (:func:`~ppl_vae.inference.record.record_config`) for a new run.
 
     When the guide has a classifier q(y|x) (M2's) and the data have labels, every epoch also records
     ``val_accuracy`` and ``test_accuracy``.
@@ -456,17 +498,28 @@ def fit(
         if not resume:
             pyro.set_rng_seed(train.seed)
         state = _prepare(model, guide, elbo, data, device, optim, train)
-        if run is not None:
-            run.path.mkdir(parents=True, exist_ok=True)
-            if not run.config_path.is_file():
-                run.write_config(run_config or record_config(model, guide, data, elbo, optim, train))
-        position = _restore(run, state, device) if resume else _Position()
-        for m in state.modules:
-            m.train()
-        ctx = FitContext(state.model, state.guide, state.estimator)
-        history = _run_epochs(_Loop(state, batches, data, run, train, callbacks, ctx), position)
+        with run.lock() if run is not None else nullcontext():
+            config = _record(run, resume, run_config, lambda: record_config(model, guide, data, elbo, optim, train))
+            position = _restore(run, state, device, train, run_config) if resume else _Position()
+            if run is not None and (resume and run_config is not None or not run.config_path.is_file()):
+                run.write_config(config)
+            for m in state.modules:
+                m.train()
+            ctx = FitContext(state.model, state.guide, state.estimator)
+            history = _run_epochs(_Loop(state, batches, data, run, train, callbacks, ctx, config), position)
     final = history[-1]["train_loss"] if history else float("nan")
     return FitResult(history, max(position.epoch, train.epochs), str(device), run, final, state.model, state.guide)
+
+
+def _record(run: RunDir | None, resume: bool, run_config: dict | None, recorded) -> dict | None:
+    """The run's config mapping: the one given, else the run's own (a resume), else one recorded from the objects."""
+    if run is None:
+        return run_config
+    if run_config is not None:
+        return run_config
+    if resume and run.config_path.is_file():
+        return run.read_config()
+    return recorded()
 
 
 def _prepare(model, guide, elbo: ELBO, data: Dataset, device: torch.device, optim: OptimConfig, train: TrainConfig) -> TrainingState:
