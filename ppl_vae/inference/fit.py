@@ -308,25 +308,34 @@ class _Stepper:
                 # A NaN loss gets a clear error below; Pyro's own warning would only repeat it.
                 warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
                 loss = float(state.estimator.loss_and_grads(state.model, state.guide, xb, yb))
-        except ValueError:
-            # Pyro's validation rejects NaN distribution parameters before a loss exists.
-            if all(bool(torch.isfinite(p).all()) for p in state.params):
+        except ValueError as err:
+            # Pyro's validation rejects non-finite distribution parameters before a loss exists.
+            if "found invalid values" not in str(err) and all(bool(torch.isfinite(p).all()) for p in state.params):
                 raise
             loss = float("nan")
         if not math.isfinite(loss):
-            kept = f"; the last good checkpoint is kept in {self.run.path}" if self.run else ""
-            raise NonFiniteLossError(
-                f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}{kept}. Try a lower optim.lr, "
-                "optim.name: clipped_adam, or check the data"
-            )
+            raise self._diverged(f"the loss became {loss}", epoch, step)
         if self.steps_run == 1 and state.param_count() != self.param_count:
             raise ConfigError(
                 "the model or guide created parameters during the first training step that did not exist after a "
                 "first call on two points; create every parameter on the first call"
             )
-        state.optimizer.step()
+        try:
+            state.optimizer.step()
+        except RuntimeError as err:
+            if "overflow" not in str(err):
+                raise
+            raise self._diverged("the optimizer's step overflowed", epoch, step) from None
         state.optimizer.zero_grad(set_to_none=True)
         return loss
+
+    def _diverged(self, what: str, epoch: int, step: int) -> NonFiniteLossError:
+        kept = f"; the last good checkpoint is kept in {self.run.path}" if self.run and self.run.has_checkpoint() else ""
+        lr = self.state.optimizer.param_groups[0]["lr"]
+        return NonFiniteLossError(
+            f"{what} at epoch {epoch + 1}, step {step + 1}{kept}. Try a lower optim.lr (now {lr:g}), "
+            "optim.name: clipped_adam, or check the data"
+        )
 
 
 def _epoch_metrics(state: TrainingState, data: Dataset, train: TrainConfig, epoch: int, position: _Position, seconds: float) -> dict:
