@@ -5,113 +5,92 @@ A generative model p(x|z)p(z) is a Pyro model: a ``PyroModule`` whose ``forward`
 An amortized guide q(z|x) is a Pyro guide of either form with the same signature
 (:mod:`ppl_vae.contract` says what the tools need from them). :func:`fit` trains any such pair by
 SVI with a Pyro ELBO, and :func:`evaluate` reports the ELBO and the importance-sampled log p(x).
+
+The names below are imported on first use (PEP 562), so that ``import ppl_vae`` and the ``ppl-vae``
+command start without loading torch and Pyro before they are needed.
 """
+
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.2.0"
 
-from .compile import compile_spec  # noqa: E402
-from .config import ExperimentConfig, load_config  # noqa: E402
-from .contract import DATA_PLATE, DATA_SITE, PARTICLE_PLATE, ParticleLoopWarning  # noqa: E402
-from .data import DataConfig, Dataset, load_dataset  # noqa: E402
-from .errors import (  # noqa: E402
-    CheckpointError,
-    ConfigError,
-    DataError,
-    FitInterrupted,
-    NonFiniteLossError,
-    PplVaeError,
-    RunDirError,
-)
-from .experiment import Experiment, build_experiment, fit_experiment, load_run  # noqa: E402
-from .guides import GUIDES, AmortizedGuide, AmortizedGuideConfig, make_guide  # noqa: E402
-from .inference import (  # noqa: E402
-    ESTIMATORS,
-    Callback,
-    EstimatorConfig,
-    EvalConfig,
-    EvalResult,
-    FitResult,
-    KLWeighting,
-    OptimConfig,
-    TrainConfig,
-    estimator_config,
-    evaluate,
-    fit,
-    importance_log_likelihood,
-    kl_weighted,
-    log_weights,
-    make_estimator,
-)
-from .likelihoods import LIKELIHOODS, make_likelihood  # noqa: E402
-from .models import MODELS, VAE, VAEConfig, make_model  # noqa: E402
-from .programs import FunctionProgram, as_module, load_target  # noqa: E402
-from .runs import RunDir  # noqa: E402
-from .spec import (  # noqa: E402
-    GuideFactorSpec,
-    GuideSpec,
-    LatentSpec,
-    ModelSpec,
-    NetSpec,
-    ObservedSpec,
-)
+#: public name -> the module that defines it
+_EXPORTS = {
+    "compile_spec": "ppl_vae.compile",
+    "ExperimentConfig": "ppl_vae.config",
+    "load_config": "ppl_vae.config",
+    "DATA_PLATE": "ppl_vae.contract",
+    "DATA_SITE": "ppl_vae.contract",
+    "PARTICLE_PLATE": "ppl_vae.contract",
+    "ParticleLoopWarning": "ppl_vae.contract",
+    "DataConfig": "ppl_vae.data",
+    "Dataset": "ppl_vae.data",
+    "load_dataset": "ppl_vae.data",
+    "CheckpointError": "ppl_vae.errors",
+    "ConfigError": "ppl_vae.errors",
+    "DataError": "ppl_vae.errors",
+    "FitInterrupted": "ppl_vae.errors",
+    "NonFiniteLossError": "ppl_vae.errors",
+    "PplVaeError": "ppl_vae.errors",
+    "RunDirError": "ppl_vae.errors",
+    "Experiment": "ppl_vae.experiment",
+    "build_experiment": "ppl_vae.experiment",
+    "fit_experiment": "ppl_vae.experiment",
+    "load_run": "ppl_vae.experiment",
+    "GUIDES": "ppl_vae.guides",
+    "AmortizedGuide": "ppl_vae.guides",
+    "AmortizedGuideConfig": "ppl_vae.guides",
+    "make_guide": "ppl_vae.guides",
+    "ESTIMATORS": "ppl_vae.inference",
+    "Callback": "ppl_vae.inference",
+    "EstimatorConfig": "ppl_vae.inference",
+    "EvalConfig": "ppl_vae.inference",
+    "EvalResult": "ppl_vae.inference",
+    "FitResult": "ppl_vae.inference",
+    "KLWeighting": "ppl_vae.inference",
+    "OptimConfig": "ppl_vae.inference",
+    "TrainConfig": "ppl_vae.inference",
+    "estimator_config": "ppl_vae.inference",
+    "evaluate": "ppl_vae.inference",
+    "fit": "ppl_vae.inference",
+    "importance_log_likelihood": "ppl_vae.inference",
+    "kl_weighted": "ppl_vae.inference",
+    "log_weights": "ppl_vae.inference",
+    "make_estimator": "ppl_vae.inference",
+    "LIKELIHOODS": "ppl_vae.likelihoods",
+    "make_likelihood": "ppl_vae.likelihoods",
+    "MODELS": "ppl_vae.models",
+    "VAE": "ppl_vae.models",
+    "VAEConfig": "ppl_vae.models",
+    "make_model": "ppl_vae.models",
+    "FunctionProgram": "ppl_vae.programs",
+    "as_module": "ppl_vae.programs",
+    "load_target": "ppl_vae.programs",
+    "RunDir": "ppl_vae.runs",
+    "GuideFactorSpec": "ppl_vae.spec",
+    "GuideSpec": "ppl_vae.spec",
+    "LatentSpec": "ppl_vae.spec",
+    "ModelSpec": "ppl_vae.spec",
+    "NetSpec": "ppl_vae.spec",
+    "ObservedSpec": "ppl_vae.spec",
+}
 
-__all__ = [
-    "__version__",
-    "DATA_PLATE",
-    "DATA_SITE",
-    "PARTICLE_PLATE",
-    "ParticleLoopWarning",
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "FitInterrupted",
-    "NonFiniteLossError",
-    "PplVaeError",
-    "RunDirError",
-    "DataConfig",
-    "Dataset",
-    "load_dataset",
-    "ExperimentConfig",
-    "load_config",
-    "Experiment",
-    "build_experiment",
-    "fit_experiment",
-    "load_run",
-    "GUIDES",
-    "AmortizedGuide",
-    "AmortizedGuideConfig",
-    "make_guide",
-    "ESTIMATORS",
-    "Callback",
-    "EstimatorConfig",
-    "EvalConfig",
-    "EvalResult",
-    "FitResult",
-    "KLWeighting",
-    "OptimConfig",
-    "TrainConfig",
-    "estimator_config",
-    "evaluate",
-    "fit",
-    "importance_log_likelihood",
-    "kl_weighted",
-    "log_weights",
-    "make_estimator",
-    "LIKELIHOODS",
-    "make_likelihood",
-    "MODELS",
-    "VAE",
-    "VAEConfig",
-    "make_model",
-    "FunctionProgram",
-    "as_module",
-    "load_target",
-    "RunDir",
-    "compile_spec",
-    "ModelSpec",
-    "GuideSpec",
-    "LatentSpec",
-    "GuideFactorSpec",
-    "NetSpec",
-    "ObservedSpec",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ppl_vae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

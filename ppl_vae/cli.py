@@ -1,20 +1,25 @@
 """The ``ppl-vae`` command line: fit, evaluate and sample.
 
-Errors caused by input (a bad config, missing data, a corrupted checkpoint,
-...) are printed as one line, ``ppl-vae: error: ...``, with exit status 2; an
-interrupted fit prints how to resume and exits with status 130.
+Errors caused by input (a bad command line or config, missing data, a corrupted
+checkpoint, a full disk or a read-only folder, ...) are printed as one line,
+``ppl-vae: error: ...``, with exit status 2. An interrupted fit prints how to
+resume and exits with status 130 (Ctrl-C) or 143 (SIGTERM); Ctrl-C before
+training starts prints ``ppl-vae: interrupted`` and exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import re
 import shutil
 import sys
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, NoReturn, Sequence
 
 from . import __version__
 from .errors import FitInterrupted, PplVaeError
@@ -30,6 +35,23 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as the CLI reports every error: one line, exit status 2
+    (rather than the usage block and a SystemExit)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise PplVaeError(f"{message} (see {self.prog} --help)")
+
+
+def _device(value: str) -> str:
+    """A ``--device`` value, checked as the command line is read (before any data or checkpoint is loaded)."""
+    from .inference.training import DEVICES
+
+    if value in DEVICES or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(DEVICES)} or cuda:N, got {value!r}")
+
+
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
@@ -38,7 +60,7 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ppl-vae",
         description="Variational autoencoders as Pyro programs: train, evaluate and sample.",
         epilog=EXAMPLES,
@@ -88,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", "-k", type=int, help="importance samples K per data point (default: eval.num_samples)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test", help="which split (default: test)")
     p.add_argument("--max-points", type=int, help="evaluate only the first N points of the split")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     _add_data_dir(p)
 
     p = sub.add_parser("sample", help="PNG grids of samples and of test-set reconstructions")
@@ -96,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num-samples", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: 0)")
     p.add_argument("--out", help="samples PNG (default: RUN_DIR/samples.png); reconstructions go beside it")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     _add_data_dir(p)
     return parser
 
@@ -114,36 +136,121 @@ def _new_run(args: argparse.Namespace, config):
     return RunDir(path)
 
 
+def _open_run(path: str):
+    """An existing run directory, its ``config.yaml`` checked to read as a config mapping (a damaged one is
+    one line naming it, before anything else reads it)."""
+    from .config import read_yaml
+    from .runs import RunDir
+
+    run = RunDir.open(path)
+    if run.config_path.is_file():
+        read_yaml(run.config_path)
+    return run
+
+
+#: the errors of a write that a user can act on, and how to say them
+_WRITE_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is too large for its file system",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def _failed_write(err: BaseException) -> OSError | None:
+    """The OSError of a failed write behind ``err``: itself, or one it was raised from (torch.save reports a
+    full disk as a RuntimeError raised while handling the OSError of its file's write)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and not isinstance(err, BrokenPipeError) and err.errno in _WRITE_ERRORS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _write_error(err: OSError, where: Path) -> str:
+    """One line for a failed write: what happened, and where (the file, else the folder being written)."""
+    if not isinstance(err.filename, (str, bytes, os.PathLike)):
+        return f"{_WRITE_ERRORS[err.errno]}: cannot write in {where}"
+    target = Path(os.fsdecode(err.filename))
+    if target.name.startswith(".") and ".tmp-" in target.name:  # an atomic write's temporary file
+        target = target.with_name(target.name[1 : target.name.index(".tmp-")])
+    return f"{_WRITE_ERRORS[err.errno]}: cannot write {target}"
+
+
+@contextmanager
+def _writing(where: Path, run=None) -> Iterator[None]:
+    """Turn a failed write under ``where`` (a full disk, a read-only folder) into one line; for a fit, say
+    that the run's last checkpoint (written atomically, so never half-written) is kept."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        failed = _failed_write(err)
+        if failed is None:
+            raise
+        message = _write_error(failed, where)
+        if run is not None and run.path.is_dir() and any(run.path.rglob(run.CHECKPOINT)):
+            message += f"; its last checkpoint is kept: once it can be written, resume with: ppl-vae fit --resume {run.path}"
+        raise PplVaeError(message) from None
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse up front a folder that the command could not write into (its nearest existing folder, for one
+    still to be made), before any data is loaded or anything computed; a write that fails later (a full disk)
+    is reported by :func:`_writing`."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PplVaeError(f"cannot write in {existing}: it is read-only, or not writable for this user")
+
+
+def _discard_unstarted(run, made_parent: bool) -> None:
+    """Remove a new run's directory when the fit stopped before its first checkpoint (nothing to resume),
+    and its parent folder when the fit made that too and it is left empty."""
+    if run.path.is_dir() and not any(run.path.rglob(run.CHECKPOINT)):
+        shutil.rmtree(run.path, ignore_errors=True)
+    if made_parent and run.path.parent.is_dir() and not any(run.path.parent.iterdir()):
+        with suppress(OSError):
+            run.path.parent.rmdir()
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .config import load_config
     from .experiment import fit_experiment, resume_experiment
     from .plots import plot_learning_curves
-    from .runs import RunDir
 
     if args.resume:
         if args.config:
             print("ppl-vae: note: --resume uses the run's own config.yaml; the CONFIG argument is ignored", file=sys.stderr)
-        run = RunDir.open(args.resume)
+        run = _open_run(args.resume)
+        _check_writable(run.path)
         print(f"resuming {run.path}")
-        exp, result = resume_experiment(run, args.overrides, data_dir=args.data_dir)
+        with _writing(run.path, run):
+            exp, result = resume_experiment(run, args.overrides, data_dir=args.data_dir)
     else:
         if not args.config:
             raise PplVaeError("fit needs a CONFIG.yaml (or --resume RUN_DIR)")
         config = load_config(args.config, args.overrides)
         run = _new_run(args, config)
+        _check_writable(run.path)
+        made_parent = not run.path.parent.exists()
         print(f"run directory: {run.path}")
         try:
-            exp, result = fit_experiment(config, run, data_dir=args.data_dir)
+            with _writing(run.path, run):
+                exp, result = fit_experiment(config, run, data_dir=args.data_dir)
         except (PplVaeError, KeyboardInterrupt) as err:
-            if run.path.is_dir() and not isinstance(err, FitInterrupted) and not any(run.path.rglob(run.CHECKPOINT)):
-                shutil.rmtree(run.path)  # refused before training: leave nothing behind
+            if not isinstance(err, FitInterrupted):  # an interrupted fit wrote a checkpoint to resume from
+                _discard_unstarted(run, made_parent)  # refused, failed or interrupted before training: leave nothing behind
             raise
     if not args.no_figures:
-        for path in write_sample_figures(exp, run.path / "samples.png"):
-            print(f"saved {path}")
-        metrics = run.read_metrics()
-        if metrics:
-            plot_learning_curves(metrics, run.path / "curves.png")
+        with _writing(run.path):
+            for path in write_sample_figures(exp, run.path / "samples.png"):
+                print(f"saved {path}")
+            metrics = run.read_metrics()
+            if metrics:
+                plot_learning_curves(metrics, run.path / "curves.png")
     last = result.history[-1] if result.history else (run.read_metrics() or [{}])[-1]
     line = f"done: {result.epochs_done} epochs on {result.device}"
     if "train_loss" in last:
@@ -162,12 +269,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .experiment import conditioning_labels, load_run
     from .inference.evaluate import evaluate
     from .inference.semisup import classification_accuracy
-    from .runs import RunDir
 
     for flag, value in (("--num-samples", args.num_samples), ("--max-points", args.max_points)):
         if value is not None and value < 1:
             raise PplVaeError(f"{flag} must be a positive int, got {value}")
-    run = RunDir.open(args.run_dir)
+    run = _open_run(args.run_dir)
+    _check_writable(run.path)
     exp = load_run(run, data_dir=args.data_dir, device=args.device)
     config = exp.config.eval if args.num_samples is None else replace(exp.config.eval, num_samples=args.num_samples)
     x = getattr(exp.data, f"x_{args.split}")[: args.max_points]
@@ -182,7 +289,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if capability(exp.guide, Classifier) is not None and labels is not None and args.split != "train":
         out["accuracy"] = classification_accuracy(exp.guide, x, labels)
         print(f"  classification error   {100 * (1 - out['accuracy']):9.2f} %  (argmax of q(y|x))")
-    path = run.write_json(run.EVALUATION if args.split == "test" else f"evaluation_{args.split}.json", out)
+    with _writing(run.path):
+        path = run.write_json(run.EVALUATION if args.split == "test" else f"evaluation_{args.split}.json", out)
     print(f"saved {path}")
     return 0
 
@@ -199,15 +307,16 @@ def write_sample_figures(exp, out: Path, num_samples: int = 64, seed: int = 0) -
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from .experiment import load_run
-    from .runs import RunDir
 
     if args.num_samples < 1:
         raise PplVaeError(f"-n must be a positive int, got {args.num_samples}")
-    run = RunDir.open(args.run_dir)
-    exp = load_run(run, data_dir=args.data_dir, device=args.device)
+    run = _open_run(args.run_dir)
     out = Path(args.out) if args.out else run.path / "samples.png"
-    for path in write_sample_figures(exp, out, args.num_samples, args.seed):
-        print(f"saved {path}")
+    _check_writable(out.parent)
+    exp = load_run(run, data_dir=args.data_dir, device=args.device)
+    with _writing(out.parent):  # the folder of --out is created when missing
+        for path in write_sample_figures(exp, out, args.num_samples, args.seed):
+            print(f"saved {path}")
     return 0
 
 
@@ -235,7 +344,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     for name, refusal in estimator_report(exp.model, exp.guide, x[:2], None if y is None else y[:2]).items():
         mark = "*" if name == config.estimator.name else " "
         print(f" {mark}{name:15s} {'ok' if refusal is None else 'refused: ' + refusal.split('. ')[0]}")
-    graph = render_graph(exp.model, x, y, args.graph)
+    with _writing(Path(args.graph).parent):
+        graph = render_graph(exp.model, x, y, args.graph)
     if graph is None:
         print("\n(graphviz is not installed, so no graph picture was drawn; the tables above show the structure)")
     else:
@@ -262,7 +372,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise PplVaeError(str(err)) from None
     run = compare_estimators if kind == "estimators" else compare_guides
-    rows, paths = run(config, variants, out, compare, data_dir=args.data_dir)
+    with _writing(Path(out)):
+        rows, paths = run(config, variants, out, compare, data_dir=args.data_dir)
     print()
     print(paths["md"].read_text())
     print(f"saved {paths['md']}, {paths['csv']}, {paths['png']}")
@@ -288,16 +399,20 @@ COMMANDS = {"fit": _cmd_fit, "compare-estimators": _cmd_compare, "compare-guides
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ppl-vae``; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return 0
-    _log_to_stdout()
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 0
+        _log_to_stdout()
         return COMMANDS[args.command](args)
-    except FitInterrupted as err:
+    except FitInterrupted as err:  # a checkpoint was written: the message says how to resume
         print(f"\nppl-vae: {err}", file=sys.stderr)
+        signum = getattr(err, "signal", None)
+        return 128 + int(signum) if signum else 130  # 143 for SIGTERM, as the shell reports a process it ended
+    except KeyboardInterrupt:  # Ctrl-C outside training (imports, data loading): nothing was started
+        print("\nppl-vae: interrupted", file=sys.stderr)
         return 130
     except PplVaeError as err:
         print(f"ppl-vae: error: {err}", file=sys.stderr)
@@ -305,6 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stdout = open(os.devnull, "w")
         return 0
+    except (OSError, RuntimeError) as err:  # a failed write that no command wrapped (see _writing)
+        failed = _failed_write(err)
+        if failed is None:
+            raise
+        print(f"ppl-vae: error: {_write_error(failed, Path.cwd())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,6 +56,7 @@ __all__ = [
     "load_config",
     "override_config",
     "read_yaml",
+    "yaml_problem",
 ]
 
 
@@ -304,25 +305,49 @@ def apply_overrides(raw: dict, overrides: Sequence[str], defaults: dict | None =
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            first = str(err).strip().splitlines()[0]
-            raise ConfigError(f"--set {item!r}: cannot parse the value as YAML ({first})") from None
+            raise ConfigError(f"--set {item!r}: cannot parse the value {text!r} as YAML: {yaml_problem(err)}") from None
         _set_path(raw, [p.strip() for p in parts], value, item, defaults)
     return raw
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as one line: what is wrong, and where (line and column, counted from 1)."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = err.problem or err.context or "syntax error"
+        if err.context and err.problem:
+            start = err.context_mark
+            elsewhere = start is not None and (start.line, start.column) != (mark.line, mark.column)
+            problem += f" ({err.context}" + (f" at line {start.line + 1}, column {start.column + 1})" if elsewhere else ")")
+        return line + " ".join(problem.split())
+    return " ".join(str(err).split())
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML config file; :class:`ConfigError` if it is missing or malformed."""
+    """Read a YAML config file; :class:`ConfigError` if it is missing, unreadable, malformed, or not a mapping."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
-    except UnicodeDecodeError:
+    except (UnicodeDecodeError, yaml.reader.ReaderError):
         raise ConfigError(f"config file {path} is not a text (YAML) file") from None
-    return raw or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(err)}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections (data:, model:, train:, ...), "
+            f"but its top level is a {type(raw).__name__}"
+        )
+    return raw
 
 
 def override_config(raw: dict, overrides: Sequence[str]) -> ExperimentConfig:

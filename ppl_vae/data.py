@@ -6,9 +6,12 @@ binarization is a Bernoulli draw on that device. Nothing is decoded per item.
 
 Where the files live: ``data_dir`` (``--data-dir``), else ``$PPL_VAE_DATA``,
 else ``~/.cache/ppl_vae`` (``$XDG_CACHE_HOME/ppl_vae``). MNIST and
-Fashion-MNIST use torchvision's layout below it (``MNIST/raw/*.gz``) and are
-downloaded only when absent; binarized MNIST reads
-``binarized_mnist/binarized_mnist_{train,valid,test}.amat[.gz]``.
+Fashion-MNIST use torchvision's layout below it (``MNIST/raw/*.gz``); binarized
+MNIST reads ``binarized_mnist/binarized_mnist_{train,valid,test}.amat[.gz]``.
+Every file is looked for before any is read; only the missing ones are
+downloaded (``data.download``), each under a temporary name renamed once
+complete, and nothing is unpacked: the data folder is written to only by a
+download that succeeded.
 """
 
 from __future__ import annotations
@@ -251,32 +254,81 @@ def _read_idx(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(blob, dtype=np.uint8, offset=offset).reshape(dims).copy())
 
 
+def _one_line(err: BaseException, limit: int = 240) -> str:
+    """An exception as one short line (download errors span several, with URLs and nested reasons)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _download(urls: list[str], folder: Path, filename: str, md5: str | None = None) -> str | None:
+    """Download ``filename`` into ``folder`` from the first of ``urls`` that answers; None, else why it failed.
+
+    The file arrives under a hidden temporary name and is renamed once complete (and its checksum checked),
+    so a failed or interrupted download leaves nothing in ``folder``: no partial file, and no folder that
+    this call created. Nothing is unpacked.
+    """
+    from torchvision.datasets.utils import download_url
+
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    part = folder / f".{filename}.part-{os.getpid()}"
+    problem, done = "no download address", False
+    try:
+        for url in urls:
+            try:
+                download_url(url, str(folder), part.name, md5)
+                os.replace(part, folder / filename)
+                done = True
+                return None
+            except Exception as err:  # torchvision raises RuntimeError, URLError, OSError, HTTPError ...
+                problem = f"{url}: {_one_line(err)}"
+            finally:
+                part.unlink(missing_ok=True)
+        return problem
+    finally:
+        if not done:
+            for path in created:
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+
+
+def _fetch_missing(what: str, folder: Path, missing: dict, download: bool, holder: str) -> dict[str, Path]:
+    """Download the files that ``missing`` maps (key -> (stem, file name, addresses, md5)) into ``folder``,
+    or raise one line naming every missing file. Called once every file has been looked for, before any is
+    read: nothing is written into the data folder but a complete download (nothing is unpacked)."""
+    names = ", ".join(f"{stem}[.gz]" for stem, *_ in missing.values())
+    lacking = f"{what} files were not found in {folder} ({names} missing)"
+    where = f"Put them there, or point --data-dir / $PPL_VAE_DATA at a folder holding {holder}"
+    if not download:
+        raise DataError(f"{lacking} and download is off (data.download: false). {where}")
+    found = {}
+    for key, (_, filename, urls, md5) in missing.items():
+        problem = _download(urls, folder, filename, md5)
+        if problem is not None:
+            raise DataError(f"{lacking} and the download failed ({problem}). {where}")
+        found[key] = folder / filename
+    return found
+
+
+def _torchvision_sources(name: str) -> tuple[list[str], dict[str, str]]:
+    """Where torchvision downloads a data set from (its mirrors), and the MD5 of each file."""
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
+    return list(cls.mirrors), dict(cls.resources)
+
+
 def _load_torchvision(name: str, root: Path, download: bool) -> dict[str, torch.Tensor]:
     folder = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
     raw = root / folder / "raw"
     paths = {key: _find_idx(raw, stem) for key, stem in _IDX_FILES.items()}
-    if any(p is None for p in paths.values()):
-        missing = ", ".join(f"{_IDX_FILES[k]}[.gz]" for k, p in paths.items() if p is None)
-        if not download:
-            raise DataError(
-                f"{folder} files were not found in {raw} ({missing} missing) and download is off "
-                f"(data.download: false). Put the four files there, or point --data-dir / $PPL_VAE_DATA "
-                f"at a folder holding {folder}/raw/"
-            )
-        from torchvision import datasets
-
-        cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
-        try:
-            cls(str(root), train=True, download=True)  # fetches and unpacks all four files into raw/
-        except Exception as err:  # torchvision raises RuntimeError, URLError, OSError ...
-            raise DataError(
-                f"{folder} files were not found in {raw} ({missing} missing) and the download failed: {err}. "
-                f"Put the four files (train-images-idx3-ubyte.gz, ...) in {raw}, or point "
-                "--data-dir / $PPL_VAE_DATA at a folder holding them"
-            ) from None
-        paths = {key: _find_idx(raw, stem) for key, stem in _IDX_FILES.items()}
-        if any(p is None for p in paths.values()):
-            raise DataError(f"the download finished but {raw} still lacks some of {list(_IDX_FILES.values())}")
+    missing = [key for key, path in paths.items() if path is None]
+    if missing:
+        mirrors, checksums = _torchvision_sources(name) if download else ([], {})
+        wanted = {}
+        for key in missing:
+            stem, filename = _IDX_FILES[key], f"{_IDX_FILES[key]}.gz"
+            wanted[key] = (stem, filename, [mirror + filename for mirror in mirrors], checksums.get(filename))
+        paths.update(_fetch_missing(folder, raw, wanted, download, f"{folder}/raw/"))
     out = {}
     for key, path in paths.items():
         t = _read_idx(path)
@@ -306,28 +358,12 @@ def _read_amat(path: Path) -> torch.Tensor:
 
 def _load_binarized_mnist(root: Path, download: bool) -> dict[str, torch.Tensor]:
     folder = root / "binarized_mnist"
-    out = {}
-    for split, key in (("train", "train"), ("valid", "val"), ("test", "test")):
-        stem = f"binarized_mnist_{split}.amat"
-        path = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.exists()), None)
-        if path is None and download:
-            from torchvision.datasets.utils import download_url
-
-            try:
-                download_url(_BINARIZED_MNIST_URL + stem, str(folder), stem)
-                path = folder / stem
-            except Exception as err:
-                raise DataError(
-                    f"{stem}[.gz] was not found in {folder} and the download failed: {err}. "
-                    f"Put the three .amat files there, or point --data-dir / $PPL_VAE_DATA at a folder "
-                    "holding binarized_mnist/"
-                ) from None
-        if path is None:
-            raise DataError(
-                f"{stem}[.gz] was not found in {folder} and download is off (data.download: false)"
-            )
-        out[f"x_{key}"] = _read_amat(path)
-    return out
+    stems = {"train": "binarized_mnist_train.amat", "val": "binarized_mnist_valid.amat", "test": "binarized_mnist_test.amat"}
+    paths = {key: next((p for p in (folder / s, folder / f"{s}.gz") if p.is_file()), None) for key, s in stems.items()}
+    wanted = {key: (stem, stem, [_BINARIZED_MNIST_URL + stem], None) for key, stem in stems.items() if paths[key] is None}
+    if wanted:
+        paths.update(_fetch_missing("binarized MNIST", folder, wanted, download, "binarized_mnist/"))
+    return {f"x_{key}": _read_amat(path) for key, path in paths.items()}
 
 
 def _bernoulli(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -358,6 +394,12 @@ def load_dataset(config: DataConfig | None = None, data_dir: str | os.PathLike |
     else:  # binarized_mnist: fixed 50k/10k/10k split, already binary
         parts = _load_binarized_mnist(root, config.download)
         num_classes = None
+    if len(parts["x_train"]) == 0:
+        held_out = f"data.val_fraction={config.val_fraction}"
+        if config.name == "digits":
+            held_out += f" and data.test_fraction={config.test_fraction}"
+        total = sum(len(parts[f"x_{split}"]) for split in ("val", "test") if split == "val" or config.name == "digits")
+        raise DataError(f"{held_out} leave no training points of the {total} in {config.name}; lower them")
     image_shape = tuple(parts["x_train"].shape[1:])
     if config.num_train is not None:
         keep = _split_indices(len(parts["x_train"]), (), seed)[0][: config.num_train]

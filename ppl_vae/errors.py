@@ -42,11 +42,14 @@ class NonFiniteLossError(PplVaeError, FloatingPointError):
 
 
 class FitInterrupted(KeyboardInterrupt):
-    """Training was interrupted (Ctrl-C or a callback); a checkpoint was written to resume from.
+    """Training was interrupted (Ctrl-C, SIGTERM or a callback); a checkpoint was written to resume from.
 
     :ivar run_dir: the run directory holding the checkpoint, or None when the fit had none.
+    :ivar signal: the signal that stopped it (``signal.SIGTERM``), or None for Ctrl-C or a callback; the
+        CLI exits with status 128 + its number (143 for SIGTERM), else 130.
     """
 
-    def __init__(self, message: str, run_dir: str | None = None) -> None:
+    def __init__(self, message: str, run_dir: str | None = None, *, signal: int | None = None) -> None:
         super().__init__(message)
         self.run_dir = run_dir
+        self.signal = signal

@@ -29,7 +29,7 @@ from .inference.semisup import (
     kingma_aux_weight,
     unbiased_labelled_weight,
 )
-from .inference.training import instantiate, resolve_device
+from .inference.training import instantiate, mismatch, resolve_device
 from .labelled import hide_labels, is_semi_supervised, training_example
 from .models import make_model
 from .programs import seeded
@@ -233,7 +233,6 @@ def _load_modules(exp: Experiment, state: dict, run: RunDir, device) -> None:
         exp.model.load_state_dict(state["model"])
         exp.guide.load_state_dict(state["guide"])
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"the checkpoint in {run.path} does not match its config: {first}") from None
+        raise CheckpointError(f"the checkpoint in {run.path} does not match its config: {mismatch(err)}") from None
     exp.model.to(device)
     exp.guide.to(device)

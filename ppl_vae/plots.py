@@ -9,6 +9,7 @@ that need a capability (a class latent, for class grids) say so when it is missi
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from .contract import (  # noqa: E402
 from .inference.evaluate import eval_mode  # noqa: E402
 from .likelihoods import Categorical256Likelihood  # noqa: E402
 from .programs import as_module, as_modules  # noqa: E402
+from .runs import atomic_write_bytes  # noqa: E402
 from .schema import documented
 
 __all__ = [
@@ -88,9 +90,16 @@ def save_image_grid(
     ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10, y=0.995)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write a figure atomically (a temporary file, then a rename), so a full disk never leaves half a PNG."""
     path = Path(path)
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+    atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))
     return path
 
 
@@ -272,10 +281,7 @@ def plot_learning_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Pa
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_comparison(
@@ -308,10 +314,7 @@ def plot_comparison(
     right.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 @documented

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -172,10 +173,20 @@ class RunDir:
         atomic_write_bytes(self.config_path, lambda f: f.write(text))
 
     def read_config(self) -> dict:
+        """The run's config mapping; :class:`RunDirError` if it is missing or damaged."""
         if not self.config_path.is_file():
             raise RunDirError(f"{self.path} is not a ppl_vae run directory: {self.CONFIG} is missing")
-        with open(self.config_path) as f:
-            return yaml.safe_load(f) or {}
+        try:
+            with open(self.config_path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f)
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise RunDirError(
+                f"{self.config_path} is damaged and cannot be read as YAML ({' '.join(str(err).split())[:200]}); "
+                "restore it from a copy"
+            ) from None
+        if raw is not None and not isinstance(raw, dict):
+            raise RunDirError(f"{self.config_path} is damaged: it holds a {type(raw).__name__}, not a config mapping")
+        return raw or {}
 
     # -- metrics --------------------------------------------------------------------------
     @property
@@ -282,7 +293,9 @@ class RunDir:
         """Write ``state`` atomically (a temporary file, fsync, then rename), with a digest of its contents."""
         state = {"format": CHECKPOINT_FORMAT, **state}
         state["digest"] = digest(state)
-        atomic_write_bytes(self.checkpoint_path, lambda f: torch.save(state, f))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # in memory first, so that a full disk is a plain OSError naming the file
+        atomic_write_bytes(self.checkpoint_path, lambda f: f.write(buffer.getbuffer()))
 
     def load_checkpoint(self, map_location: torch.device | str = "cpu") -> dict:
         """Load and check the checkpoint; :class:`CheckpointError` if missing, corrupted or truncated."""

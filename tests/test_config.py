@@ -14,6 +14,7 @@ from ppl_vae.config import (
     config_from_dict,
     config_to_dict,
     load_config,
+    read_yaml,
 )
 from ppl_vae.data import DataConfig
 from ppl_vae.errors import ConfigError
@@ -185,13 +186,15 @@ def test_later_overrides_win_and_the_input_is_not_changed():
         ("m1.train.epochs=3", "this config has no m1 section"),
         ("train.=3", "--set expects section.key=value"),
         ("trian.epochs=3", "unknown section 'trian'"),
-        ("model.hidden_dims=[64", "cannot parse the value"),
+        ("model.hidden_dims=[64", "cannot parse the value '[64' as YAML: line 1, column 4: expected ',' or ']'"),
+        ("train.epochs={a: b: c}", "line 1, column 6: expected ',' or '}', but got ':'"),
     ],
 )
 def test_malformed_override(override, expected):
     with pytest.raises(ConfigError) as info:
         apply_overrides({}, [override])
     assert expected in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_m1_stage_overrides():
@@ -260,6 +263,41 @@ def test_invalid_yaml_file_names_it(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_config(path)
     assert str(path) in str(info.value)
+    # one line: where, what, and the construct it was in
+    assert str(info.value).endswith(
+        "line 3, column 1: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at line 2, column 11)"
+    )
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("- data\n- model\n", "must hold a mapping of sections (data:, model:, train:, ...), but its top level is a list"),
+        ("just words\n", "but its top level is a str"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff", "is not a text (YAML) file"),
+        (b"train: \x00\n", "is not a text (YAML) file"),
+        ("train: !!python/object:os.system x\n", "line 1, column 8: could not determine a constructor"),
+    ],
+    ids=["list", "scalar", "binary", "control-character", "python-tag"],
+)
+def test_a_file_that_is_not_a_config_mapping_is_one_line_naming_it(tmp_path, content, expected):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    with pytest.raises(ConfigError) as info:
+        read_yaml(path)
+    message = str(info.value)
+    assert str(path) in message and expected in message and "\n" not in message
+
+
+def test_a_folder_given_as_a_config_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        read_yaml(tmp_path)
+    assert read_yaml(_write(tmp_path / "empty.yaml", "")) == {}
+
+
+def _write(path, text: str):
+    path.write_text(text)
+    return path
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gzip
 import math
+import shutil
+import urllib.error
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ppl_vae.data import Batches, DataConfig, Dataset, check_finite, load_dataset, resolve_data_dir
+from ppl_vae import data as data_module
+from ppl_vae.data import DATASETS, Batches, DataConfig, Dataset, check_finite, load_dataset, resolve_data_dir
 from ppl_vae.errors import DataError
 from ppl_vae.guides import AmortizedGuideConfig, make_guide
 from ppl_vae.inference.fit import TrainConfig, fit
@@ -66,6 +69,133 @@ def test_digits_split_is_seeded():
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
     assert not torch.equal(a.y_train, c.y_train)
     assert not torch.equal(a.x_val, c.x_val)
+
+
+def test_fractions_that_leave_no_training_point_are_refused():
+    # 0.5003 + 0.4996 < 1, but the two rounded sizes take all 1797 digits
+    with pytest.raises(DataError, match="leave no training points of the 1797"):
+        load_dataset(DataConfig(val_fraction=0.5003, test_fraction=0.4996))
+    with pytest.raises(ValueError, match="must be below 1"):
+        DataConfig(val_fraction=0.6, test_fraction=0.6)
+
+
+# -- train, validation and test share no point, for every data set and setting ---------------------
+
+#: a spread of allowed settings: fractions (zero, small, large), a few training points or all, seeds,
+#: every binarization mode, images or vectors
+SPLIT_SETTINGS = [
+    dict(),
+    dict(val_fraction=0.0, test_fraction=0.0),
+    dict(val_fraction=0.0, test_fraction=0.3, binarize="static", seed=4),
+    dict(val_fraction=0.45, test_fraction=0.5, binarize="none"),
+    dict(val_fraction=0.2, test_fraction=0.1, num_train=1, seed=1),
+    dict(val_fraction=0.1, test_fraction=0.2, num_train=37, binarize="static", flatten=False),
+    dict(val_fraction=0.3, test_fraction=0.3, num_train=10**6, binarize="none", seed=9),
+    dict(val_fraction=0.99, test_fraction=0.0, binarize="dynamic", seed=2),
+]
+_ID_BITS = 12
+
+
+def _numbered(first: int, n: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` binary images (N, 1, side, side) whose first pixels spell their number (``first`` on) in binary,
+    so that every binarization keeps them; the labels are the same numbers."""
+    ids = torch.arange(first, first + n)
+    x = torch.zeros(n, side * side)
+    x[:, :_ID_BITS] = ((ids[:, None] >> torch.arange(_ID_BITS)) & 1).float()
+    return x.reshape(n, 1, side, side), ids
+
+
+def _ids(x: torch.Tensor) -> list[int]:
+    bits = x.flatten(1)[:, :_ID_BITS].long()
+    return (bits << torch.arange(_ID_BITS)).sum(1).tolist()
+
+
+def _numbered_source(monkeypatch, name: str) -> dict[str, set[int]]:
+    """Replace the reader of data set ``name`` by numbered images; the numbers of each source split."""
+    if name == "digits":
+        monkeypatch.setattr(data_module, "_load_digits", lambda: _numbered(0, 300, 8))
+        return {"train": set(range(300))}
+    if name == "binarized_mnist":
+        parts = {f"x_{split}": _numbered(first, n, 28)[0] for split, first, n in (("train", 0, 400), ("val", 400, 150), ("test", 550, 120))}
+        monkeypatch.setattr(data_module, "_load_binarized_mnist", lambda root, download: dict(parts))
+        return {"train": set(range(400)), "val": set(range(400, 550)), "test": set(range(550, 670))}
+    (x_train, y_train), (x_test, y_test) = _numbered(0, 500, 28), _numbered(500, 120, 28)
+    parts = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    monkeypatch.setattr(data_module, "_load_torchvision", lambda name, root, download: dict(parts))
+    return {"train": set(range(500)), "test": set(range(500, 620))}
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_splits_share_no_point(monkeypatch, name):
+    """Index level, for every data set name: each image carries its number, kept by every binarization."""
+    source = _numbered_source(monkeypatch, name)
+    everything = set().union(*source.values())
+    for settings in SPLIT_SETTINGS:
+        data = load_dataset(DataConfig(name=name, **settings))
+        ids = {split: _ids(getattr(data, f"x_{split}")) for split in ("train", "val", "test")}
+        where = f"{name} {settings}"
+        for split, numbers in ids.items():
+            assert len(set(numbers)) == len(numbers), f"{where}: a point repeats in {split}"
+            assert set(numbers) <= everything, where
+            labels = getattr(data, f"y_{split}")
+            if labels is not None:  # every image keeps its own label
+                assert labels.tolist() == numbers, f"{where}: {split} labels are out of step with the images"
+        assert not set(ids["train"]) & set(ids["val"]), where
+        assert not set(ids["train"]) & set(ids["test"]), where
+        assert not set(ids["val"]) & set(ids["test"]), where
+        if name in ("mnist", "fashion_mnist"):  # the test split is the data set's own; val comes from its train split
+            assert set(ids["test"]) == source["test"], where
+            assert set(ids["val"]) <= source["train"], where
+        if name == "binarized_mnist":  # a fixed split: fractions do not apply
+            assert set(ids["val"]) == source["val"] and set(ids["test"]) == source["test"], where
+        if settings.get("num_train") is None:
+            assert set().union(*map(set, ids.values())) == everything, f"{where}: points were lost"
+        else:
+            assert len(ids["train"]) <= settings["num_train"], where
+
+
+def _image_keys(x: torch.Tensor) -> list[bytes]:
+    grey = (x.flatten(1) * 255).round().to(torch.uint8).numpy()
+    return [row.tobytes() for row in grey]
+
+
+def _check_real_splits(name: str, data_dir: Path | None, settings: dict) -> None:
+    """No image in two splits (the real sources hold no duplicate image), and a binarized load draws
+    from the same points in the same order as a grey one."""
+    grey = load_dataset(DataConfig(name=name, download=False, **{**settings, "binarize": "none"}), data_dir=data_dir)
+    keys = {split: _image_keys(getattr(grey, f"x_{split}")) for split in ("train", "val", "test")}
+    for split, k in keys.items():
+        assert len(set(k)) == len(k), f"{name} {settings}: an image repeats in {split}"
+    assert not set(keys["train"]) & set(keys["val"])
+    assert not set(keys["train"]) & set(keys["test"])
+    assert not set(keys["val"]) & set(keys["test"])
+    if settings.get("binarize", "dynamic") != "none" and name != "binarized_mnist":
+        drawn = load_dataset(DataConfig(name=name, download=False, **settings), data_dir=data_dir)
+        for split in ("train", "val", "test"):
+            g, b = getattr(grey, f"x_{split}"), getattr(drawn, f"x_{split}")
+            assert g.shape == b.shape, split
+            assert bool((b[g == 0] == 0).all()) and bool((b[g == 1] == 1).all()), f"{name} {settings}: {split} rows moved"
+
+
+REAL_SETTINGS = [
+    dict(),
+    dict(val_fraction=0.3, test_fraction=0.25, seed=5, binarize="static"),
+    dict(val_fraction=0.0, num_train=1000, seed=2, binarize="dynamic", flatten=False),
+]
+
+
+@pytest.mark.parametrize("settings", REAL_SETTINGS)
+def test_real_digits_splits_share_no_image(settings):
+    _check_real_splits("digits", None, settings)
+
+
+@pytest.mark.slow  # 60-70k real images per load
+@pytest.mark.parametrize("settings", REAL_SETTINGS)
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"), ("binarized_mnist", "binarized_mnist")])
+def test_real_mnist_splits_share_no_image(name, folder, settings):
+    if not (SHARED_DATA / folder).is_dir():
+        pytest.skip(f"{name} is not in {SHARED_DATA} (no network here to fetch it)")
+    _check_real_splits(name, SHARED_DATA, settings)
 
 
 def test_static_binarization_is_binary_and_reproducible():
@@ -361,6 +491,81 @@ def test_partial_mnist_folder_names_the_missing_file(tmp_path):
     (tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\[\.gz\] missing"):
         load_dataset(DataConfig(name="mnist", download=False), data_dir=tmp_path)
+
+
+def _no_network(monkeypatch, calls: list, partial: bytes = b"") -> None:
+    """torchvision's downloader fails (after writing ``partial`` bytes of the file, as a cut connection)."""
+    import torchvision.datasets.utils
+
+    def download_url(url, root, filename=None, md5=None, *args, **kwargs):
+        calls.append(url)
+        if partial:
+            Path(root, filename or Path(url).name).write_bytes(partial)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", download_url)
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every folder, and every file with its size and mtime (a folder's mtime changes with an attempted download)."""
+    return {
+        str(p.relative_to(root)): ("dir",) if p.is_dir() else (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("partial", [b"", b"\x1f\x8b half a file"], ids=["no-connection", "cut-connection"])
+def test_partial_mnist_folder_without_network_writes_nothing(tmp_path, monkeypatch, partial):
+    """A missing test file: nothing is unpacked (torchvision's downloader would unpack the 47 MB of training
+    images first), nothing half-downloaded is left, and one line names the missing file."""
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"MNIST is not in {SHARED_DATA}")
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(SHARED_DATA / "MNIST" / "raw" / name, raw / name)
+    before, calls = _tree(tmp_path), []
+    _no_network(monkeypatch, calls, partial)
+    with pytest.raises(DataError) as info:
+        load_dataset(DataConfig(name="mnist"), data_dir=tmp_path)
+    message = str(info.value)
+    assert calls and all(url.endswith("/t10k-images-idx3-ubyte.gz") for url in calls)  # only the missing file
+    assert "t10k-images-idx3-ubyte[.gz] missing" in message and "download failed" in message
+    assert "train-images" not in message and "\n" not in message
+    assert _tree(tmp_path) == before
+
+
+def test_missing_mnist_files_are_downloaded_alone_and_not_unpacked(tmp_path, monkeypatch):
+    import torchvision.datasets.utils
+
+    arrays = _fake_mnist(tmp_path, gz=True)
+    raw = tmp_path / "MNIST" / "raw"
+    blob = (raw / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (raw / "t10k-labels-idx1-ubyte.gz").unlink()
+    fetched = []
+
+    def download_url(url, root, filename=None, md5=None, *args, **kwargs):
+        fetched.append((url, filename))
+        Path(root, filename).write_bytes(blob)
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", download_url)
+    data = load_dataset(DataConfig(name="mnist", binarize="none"), data_dir=tmp_path)
+    assert len(fetched) == 1 and fetched[0][0].endswith("/t10k-labels-idx1-ubyte.gz")
+    assert fetched[0][1].startswith(".")  # under a temporary name, renamed once complete
+    assert sorted(p.name for p in raw.iterdir()) == sorted(f"{stem}.gz" for stem in arrays)
+    assert data.y_test.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+
+
+def test_binarized_mnist_without_network_leaves_no_folder(tmp_path, monkeypatch):
+    calls = []
+    _no_network(monkeypatch, calls, partial=b"0 1 0")
+    with pytest.raises(DataError) as info:
+        load_dataset(DataConfig(name="binarized_mnist"), data_dir=tmp_path)
+    message = str(info.value)
+    for split in ("train", "valid", "test"):
+        assert f"binarized_mnist_{split}.amat[.gz]" in message
+    assert "download failed" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []  # not even the binarized_mnist/ folder the download made
 
 
 # -- the real data sets (from ../shared/data) ------------------------------------------------

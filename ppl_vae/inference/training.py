@@ -172,6 +172,12 @@ def instantiate(
             ) from None
 
 
+def mismatch(err: Exception) -> str:
+    """The first specific line of a ``load_state_dict`` error (a missing or unexpected key, a shape), shortened."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return next((line for line in lines if not line.startswith("Error(s) in loading")), lines[0] if lines else "")[:200]
+
+
 def _unique(modules: list[nn.Module]) -> list[nn.Parameter]:
     seen, out = set(), []
     for m in modules:
@@ -247,5 +253,5 @@ class TrainingState:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, ValueError) as err:
-            first = str(err).strip().splitlines()[0]
+            first = mismatch(err)
             raise CheckpointError(f"the checkpoint in {where} does not match this model and guide: {first}") from None
