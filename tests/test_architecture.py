@@ -19,7 +19,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "ppl_vae"
 
 LAYERS = {
-    1: ["errors", "schema", "registry", "compat", "nets", "families", "likelihoods", "data", "labelled", "runs"],
+    1: ["errors", "schema", "registry", "compat", "nets", "families", "likelihoods", "datafiles", "batches", "data",
+        "labelled", "runs"],
     2: ["contract", "programs", "heads", "spec", "models", "guides", "compile"],
     3: ["inference"],
     4: ["config", "experiment", "stages", "compare", "plots", "show"],

@@ -46,14 +46,14 @@ SITECUSTOMIZE = textwrap.dedent(
 
         if where == "step":  # in the middle of an epoch, after a step
             import importlib
-            fit = importlib.import_module("ppl_vae.inference.fit")
-            original = fit._Stepper.__call__
+            fit = importlib.import_module("ppl_vae.inference.loop")
+            original = fit.Stepper.__call__
             def step(self, *args):
                 loss = original(self, *args)
                 if kill_on_call():
                     os.kill(os.getpid(), SIGNAL)
                 return loss
-            fit._Stepper.__call__ = step
+            fit.Stepper.__call__ = step
         elif where == "metrics":  # after an epoch's metrics row, before its checkpoint
             from ppl_vae.runs import RunDir
             original = RunDir.append_metrics

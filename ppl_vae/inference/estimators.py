@@ -47,7 +47,6 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from pyro.distributions import TransformedDistribution
 from pyro.infer import (
     ELBO,
     JitTrace_ELBO,
@@ -59,7 +58,7 @@ from pyro.infer import (
     config_enumerate,
 )
 
-from ..contract import DATA_PLATE, capability
+from ..contract import capability
 from ..nets import ACTIVATIONS
 from ..registry import (
     Arg,
@@ -82,6 +81,7 @@ from ..schema import (
 from .baselines import BaselineTraceGraph_ELBO, SiteBaseline
 from .iwae import IWAE_ELBO, IWAE_GRADIENTS
 from .jit import FixedJitTraceMeanField_ELBO, KeyedJit_ELBO
+from .rules import SiteRule, dreg, enumerable, local, meanfield, not_enumerated, pathwise, renyi
 
 __all__ = [
     "ESTIMATORS",
@@ -245,99 +245,6 @@ class JitAutoEnum_ELBO(_EnumerateGuide, JitTraceEnum_ELBO):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rules: why an estimator refuses a guide site (None: it does not)
-# ---------------------------------------------------------------------------------------------
-
-#: ``rule(site, options, label) -> refusal message or None``, for one latent guide site
-SiteRule = Callable[[dict, Any, str], "str | None"]
-
-
-def _reparam(site: dict) -> bool:
-    return bool(getattr(site["fn"], "has_rsample", False))
-
-
-def _dist_name(site: dict) -> str:
-    fn = site["fn"]
-    while hasattr(fn, "base_dist") and not isinstance(fn, TransformedDistribution):
-        fn = fn.base_dist
-    return type(fn).__name__
-
-
-def _pathwise(site: dict, options: Any, label: str) -> str | None:
-    if _reparam(site) or getattr(options, "allow_score_function", False):
-        return None
-    return (
-        f"estimator {label} cannot train the discrete guide site {site['name']!r}: its samples carry no pathwise "
-        "gradient (and this estimator does not enumerate it). Use estimator.name: tracegraph (score function with "
-        "baselines), enum (exact enumeration) or a relaxed_categorical latent, or set "
-        "estimator.allow_score_function: true for plain, high-variance REINFORCE"
-    )
-
-
-def _meanfield(site: dict, options: Any, label: str) -> str | None:
-    if _reparam(site):
-        return None
-    return (
-        f"estimator {label} needs every guide site reparameterized (Pyro's TraceMeanField_ELBO), but guide site "
-        f"{site['name']!r} is not ({_dist_name(site)}); use tracegraph or enum"
-    )
-
-
-def _renyi(site: dict, options: Any, label: str) -> str | None:
-    if _reparam(site):
-        return None
-    return (
-        f"estimator {label} cannot train the non-reparameterized guide site {site['name']!r}: Pyro's RenyiELBO adds "
-        "no correct score-function term for it (with alpha = 0 its guide gets no gradient at all); use iwae with "
-        "allow_score_function, tracegraph or enum"
-    )
-
-
-def _enumerable(site: dict, options: Any, label: str) -> str | None:
-    if _reparam(site) or getattr(site["fn"], "has_enumerate_support", False):
-        return None
-    return (
-        f"estimator {label} cannot handle guide site {site['name']!r}: it is neither reparameterizable nor enumerable "
-        f"({_dist_name(site)}; a continuous non-reparameterized, or an Independent discrete, distribution). Use "
-        "tracegraph, or a Categorical / a plate per dimension"
-    )
-
-
-def _local(site: dict, options: Any, label: str) -> str | None:
-    if any(f.name == DATA_PLATE for f in site["cond_indep_stack"]):
-        return None
-    return f"{label} needs every latent local to a data point, but guide site {site['name']!r} is outside the {DATA_PLATE!r} plate"
-
-
-def _dreg(site: dict, options: Any, label: str) -> str | None:
-    if options.gradient != "dreg":
-        return None
-    if not _reparam(site):
-        return (
-            f"iwae with gradient dreg needs reparameterized guide sites, but guide site {site['name']!r} is not "
-            f"({_dist_name(site)}); use gradient: reparam with allow_score_function, or tracegraph"
-        )
-    fn = site["fn"]
-    while hasattr(fn, "base_dist") and not isinstance(fn, TransformedDistribution):
-        fn = fn.base_dist
-    if isinstance(fn, TransformedDistribution):
-        return (
-            f"iwae with gradient dreg cannot use guide site {site['name']!r}: it is a transformed distribution "
-            "(a flow), whose log-density is not a function of the sample alone; use gradient: reparam"
-        )
-    return None
-
-
-def _not_enumerated(site: dict, options: Any, label: str) -> str | None:
-    if not site["infer"].get("enumerate"):
-        return None
-    return (
-        f"guide site {site['name']!r} is marked for enumeration, which only enum (TraceEnum_ELBO) performs; "
-        f"estimator {label} would sample it instead: use enum, or drop enumerate from the guide"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # The registry
 # ---------------------------------------------------------------------------------------------
 
@@ -387,16 +294,16 @@ class EstimatorEntry:
 
 _K = int_arg("num_particles", "K")
 _PARTICLES = (_K,)
-_BASE_RULES = (_not_enumerated,)
+_BASE_RULES = (not_enumerated,)
 
 #: Registry of estimators: name -> :class:`EstimatorEntry`.
 ESTIMATORS: dict[str, EstimatorEntry] = {
     "trace": EstimatorEntry(
-        PathwiseOptions, lambda o: Trace_ELBO(**_common(o)), _PARTICLES, (*_BASE_RULES, _pathwise),
+        PathwiseOptions, lambda o: Trace_ELBO(**_common(o)), _PARTICLES, (*_BASE_RULES, pathwise),
         "Trace_ELBO, pathwise gradients",
     ),
     "meanfield": EstimatorEntry(
-        ParticleOptions, lambda o: TraceMeanField_ELBO(**_common(o)), _PARTICLES, (*_BASE_RULES, _meanfield),
+        ParticleOptions, lambda o: TraceMeanField_ELBO(**_common(o)), _PARTICLES, (*_BASE_RULES, meanfield),
         "TraceMeanField_ELBO, analytic KL", model_order=True,
     ),
     "tracegraph": EstimatorEntry(
@@ -405,23 +312,23 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
     ),
     "enum": EstimatorEntry(
         ParticleOptions, lambda o: AutoEnum_ELBO(strict_enumeration_warning=False, **_common(o)), _PARTICLES,
-        (_enumerable,), "TraceEnum_ELBO, discrete sites enumerated", enumerates=True,
+        (enumerable,), "TraceEnum_ELBO, discrete sites enumerated", enumerates=True,
     ),
     "iwae": EstimatorEntry(
         IWAEOptions,
         lambda o: IWAE_ELBO(gradient=o.gradient, allow_score_function=o.allow_score_function, **_common(o)),
-        (_K, choice_arg("gradient", IWAE_GRADIENTS)), (*_BASE_RULES, _local, _dreg, _pathwise),
+        (_K, choice_arg("gradient", IWAE_GRADIENTS)), (*_BASE_RULES, local, dreg, pathwise),
         "importance-weighted bound, per point", dreg=True,
     ),
     "renyi": EstimatorEntry(
         RenyiOptions, lambda o: RenyiELBO(alpha=o.alpha, **_common(o)), (float_arg("alpha", "ALPHA"), _K),
-        (*_BASE_RULES, _renyi), "RenyiELBO (scale inside the log-sum-exp)",
+        (*_BASE_RULES, renyi), "RenyiELBO (scale inside the log-sum-exp)",
     ),
     "jit_trace": EstimatorEntry(
-        PathwiseOptions, _jit(JitTrace_ELBO), _PARTICLES, (*_BASE_RULES, _pathwise), "trace, compiled", compiles=True,
+        PathwiseOptions, _jit(JitTrace_ELBO), _PARTICLES, (*_BASE_RULES, pathwise), "trace, compiled", compiles=True,
     ),
     "jit_meanfield": EstimatorEntry(
-        ParticleOptions, _jit(FixedJitTraceMeanField_ELBO), _PARTICLES, (*_BASE_RULES, _meanfield),
+        ParticleOptions, _jit(FixedJitTraceMeanField_ELBO), _PARTICLES, (*_BASE_RULES, meanfield),
         "meanfield, compiled", model_order=True, compiles=True,
     ),
     "jit_tracegraph": EstimatorEntry(
@@ -429,7 +336,7 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
         "tracegraph, compiled", compiles=True,
     ),
     "jit_enum": EstimatorEntry(
-        ParticleOptions, _jit(JitAutoEnum_ELBO, strict_enumeration_warning=False), _PARTICLES, (_enumerable,),
+        ParticleOptions, _jit(JitAutoEnum_ELBO, strict_enumeration_warning=False), _PARTICLES, (enumerable,),
         "enum, compiled", enumerates=True, compiles=True,
     ),
 }
