@@ -31,6 +31,7 @@ References
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import sys
 import time
@@ -128,6 +129,7 @@ def table(results: Sequence[dict]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # ppl_vae's progress lines (M1+M2 stages)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--epochs", type=int, default=40, help="M2 epochs of every variant (the M1 stage keeps its own)")
