@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 
-import pyro
-import pytest
-import torch
+# The tests' models are tiny: with one thread they run about a third faster on 2 cores than with torch's
+# default (measured: 36 s against 51 s for the default run). Set before torch is imported, so that its
+# thread pools start that way; child processes (the crash tests) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pyro  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

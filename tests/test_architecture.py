@@ -23,12 +23,12 @@ LAYERS = {
         "labelled", "runs"],
     2: ["contract", "programs", "heads", "spec", "models", "guides", "compile"],
     3: ["inference"],
-    4: ["config", "experiment", "stages", "compare", "plots", "show"],
+    4: ["config", "experiment", "stages", "compare", "plots", "show", "explore", "report"],
     5: ["cli"],
 }
 #: functions longer than MAX_LINES that are declarative (a table or an argument parser), with the reason
 DECLARATIVE = {
-    "ppl_vae.cli.build_parser": "the argparse declaration of every command and option",
+    "ppl_vae.cli.parser.build_parser": "the argparse declaration of every command and option",
 }
 MAX_LINES = 60
 
@@ -151,7 +151,7 @@ def test_private_pyro_is_used_in_the_compatibility_module_only(name):
 def test_only_the_command_line_prints():
     printing = []
     for module, path in MODULES.items():
-        if module == "ppl_vae.cli":
+        if module == "ppl_vae.cli" or module.startswith("ppl_vae.cli."):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":

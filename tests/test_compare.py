@@ -37,6 +37,7 @@ def test_estimator_comparison_orders_gradient_variance(tmp_path):
     assert paths["png"].stat().st_size > 0 and "| variant |" in paths["md"].read_text()
 
 
+@pytest.mark.slow
 def test_interrupted_comparison_reuses_finished_variants(tmp_path, caplog):
     config = _config("vae", ["model.latents=[{name: z, dim: 3}]"])
     small = CompareConfig(num_eval_points=20, num_samples=5, grad_draws=3)

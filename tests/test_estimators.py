@@ -416,6 +416,7 @@ def test_gradient_stats_measures_the_exact_mean_and_leaves_parameters_and_grads_
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_baselines_lower_the_variance_of_the_score_function_gradient():
     model, guide, x, _ = _discrete_problem(num_points=16, repeats=4)
     variances = {}

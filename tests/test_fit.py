@@ -100,8 +100,13 @@ class StopAt(Callback):
 
 
 @pytest.mark.parametrize(
-    "stop", [(1, 2, None), (2, 4, None), (0, 1, signal.SIGINT), (1, 1, signal.SIGTERM)],
-    ids=["mid-epoch", "epoch-end", "sigint", "sigterm"],
+    "stop",
+    [
+        pytest.param((1, 2, None), id="mid-epoch"),
+        pytest.param((2, 4, None), id="epoch-end", marks=pytest.mark.slow),
+        pytest.param((0, 1, signal.SIGINT), id="sigint", marks=pytest.mark.slow),
+        pytest.param((1, 1, signal.SIGTERM), id="sigterm"),
+    ],
 )
 def test_interrupted_and_resumed_fit_equals_uninterrupted_fit(tmp_path, stop):
     config = _digits_config(tmp_path, epochs=4)

@@ -472,6 +472,7 @@ def test_each_hand_written_model_runs_through_every_command(name, tmp_path, monk
         assert all(math.isfinite(r["test_log_px"]) for r in rows), rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["two_site_module", "gaussian_mixture"])
 @pytest.mark.filterwarnings("ignore::ppl_vae.contract.ParticleLoopWarning")
 @pytest.mark.filterwarnings("ignore::ppl_vae.inference.record.NotReopenableWarning")
