@@ -14,7 +14,7 @@ import torch
 
 from .schema import POSITIVE_INT, check_value
 
-__all__ = ["BatchSampler", "Batches", "perturb"]
+__all__ = ["BatchSampler", "Batches", "perturb", "part"]
 
 
 def perturb(xb: torch.Tensor, g: torch.Generator, binarize: bool, noise: torch.Tensor | None) -> torch.Tensor:
@@ -59,6 +59,27 @@ class BatchSampler:
         self.binarize = binarize
         self.noise = noise
         self.generator = torch.Generator(device=x.device)
+        self.rank, self.num_shards = 0, 1
+
+    def shard(self, rank: int, num_shards: int) -> "BatchSampler":
+        """Yield only this rank's share of every batch (data-parallel training, :mod:`ppl_vae.inference.distributed`).
+
+        Every rank draws the same global batch (same order, same binarization and noise draws) and keeps
+        its own part of it, so the shards of the ``num_shards`` ranks together are the batch one process
+        would see; :meth:`batch_points` still counts the whole batch.
+        """
+        if not 0 <= rank < num_shards:
+            raise ValueError(f"rank must be in [0, {num_shards}), got {rank!r}")
+        self.rank, self.num_shards = rank, num_shards
+        return self
+
+    def batch_points(self, step: int) -> int:
+        """Points in batch ``step`` of an epoch, over all shards."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def shard_positions(self, step: int) -> torch.Tensor | slice:
+        """Which rows of the global batch ``step`` this rank keeps (all of them for one shard)."""
+        return part(0, self.batch_points(step), self.rank, self.num_shards)
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -83,7 +104,18 @@ class BatchSampler:
         for step in range(start_step, len(self)):
             idx = self.batch_index(order, step)
             xb = perturb(self.x[idx], g, self.binarize, None if self.noise is None else self.noise[idx])
-            yield step, xb, (self.y[idx] if self.y is not None else None)
+            yb = self.y[idx] if self.y is not None else None
+            if self.num_shards > 1:
+                keep = self.shard_positions(step)
+                xb, yb = xb[keep], (yb[keep] if yb is not None else None)
+            yield step, xb, yb
+
+
+def part(lo: int, hi: int, rank: int, num_shards: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``range(lo, hi)``, the first shards one longer when it does not divide."""
+    size, extra = divmod(hi - lo, num_shards)
+    start = lo + rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
 
 
 class Batches(BatchSampler):
@@ -101,6 +133,9 @@ class Batches(BatchSampler):
 
     def order(self, g: torch.Generator) -> torch.Tensor | None:
         return torch.randperm(len(self.x), generator=g, device=self.x.device) if self.shuffle else None
+
+    def batch_points(self, step: int) -> int:
+        return min(len(self.x), (step + 1) * self.batch_size) - step * self.batch_size
 
     def batch_index(self, order: torch.Tensor | None, step: int) -> torch.Tensor | slice:
         lo, hi = step * self.batch_size, min(len(self.x), (step + 1) * self.batch_size)

@@ -29,6 +29,7 @@ from .inference.semisup import (
     kingma_aux_weight,
     unbiased_labelled_weight,
 )
+from .inference.distributed import env_world
 from .inference.training import instantiate, mismatch, resolve_device
 from .labelled import hide_labels, is_semi_supervised, training_example
 from .models import make_model
@@ -128,7 +129,7 @@ def _train_stage(config: ExperimentConfig, run_dir: RunDir | None, data_dir, res
     """Stage 1 of an M1+M2 config, in ``run_dir/m1`` (resumed, or skipped once done)."""
     load_dataset(config.data, data_dir)  # a missing data set fails here, before anything is written
     m1_run = stage_run(run_dir)
-    if run_dir is not None:
+    if run_dir is not None and env_world().is_main:  # in data-parallel training, rank 0 writes the run
         run_dir.path.mkdir(parents=True, exist_ok=True)
         run_dir.write_config(config_to_dict(config))
     m1_resume = bool(resume and m1_run is not None and m1_run.has_checkpoint())

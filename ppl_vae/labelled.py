@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import torch
 
+from .batches import part
 from .data import BatchSampler, Dataset
 from .errors import DataError
 
@@ -157,6 +158,17 @@ class MixedBatches(BatchSampler):
         passes = math.ceil(len(self) * self.labelled_per_batch / n_l)
         order_l = self.labelled[torch.cat([torch.randperm(n_l, generator=g, device=device) for _ in range(passes)])]
         return order_l, order_u
+
+    def batch_points(self, step: int) -> int:
+        n_u = len(self.unlabelled)
+        return self.labelled_per_batch + min(n_u, (step + 1) * self.unlabelled_per_batch) - step * self.unlabelled_per_batch
+
+    def shard_positions(self, step: int) -> torch.Tensor:
+        """A rank's share of the labelled rows and its share of the unlabelled ones: every rank keeps the
+        batch's labelled proportion (to within one point)."""
+        n_l, n = self.labelled_per_batch, self.batch_points(step)
+        labelled, unlabelled = part(0, n_l, self.rank, self.num_shards), part(n_l, n, self.rank, self.num_shards)
+        return torch.cat([torch.arange(labelled.start, labelled.stop), torch.arange(unlabelled.start, unlabelled.stop)]).to(self.x.device)
 
     def batch_index(self, order: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
         order_l, order_u = order

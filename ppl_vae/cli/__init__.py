@@ -36,7 +36,23 @@ def _log_to_stdout() -> None:
     logger = logging.getLogger("ppl_vae")
     if not any(isinstance(h, _PrintHandler) for h in logger.handlers):
         logger.addHandler(_PrintHandler())
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if _RANK == 0 else logging.WARNING)  # under torchrun, rank 0 tells the progress
+
+
+def _env_int(name: str, default: int) -> int:
+    """A number ``torchrun`` sets in the environment (its default outside torchrun)."""
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+#: this process's rank and the number of processes under ``torchrun`` (0 and 1 otherwise)
+_RANK, _WORLD_SIZE = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+#: the commands that run as one process of several under ``torchrun`` (see docs/distributed.md)
+DISTRIBUTED_COMMANDS = ("fit", "evaluate")
+#: how errors are signed: ``ppl-vae``, and under torchrun the rank of any process but the first
+_PROG = "ppl-vae" if _RANK == 0 else f"ppl-vae (rank {_RANK})"
 
 
 COMMANDS = {"fit": _cmd_fit, "compare-estimators": _cmd_compare, "compare-guides": _cmd_compare, "show": _cmd_show, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
@@ -52,16 +68,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         _log_to_stdout()
+        if args.command not in DISTRIBUTED_COMMANDS and _WORLD_SIZE > 1:
+            raise PplVaeError(
+                f"{args.command} runs in one process; under torchrun (WORLD_SIZE={_WORLD_SIZE}) only "
+                f"{' and '.join(DISTRIBUTED_COMMANDS)} share their work out"
+            )
         return COMMANDS[args.command](args)
     except FitInterrupted as err:  # a checkpoint was written: the message says how to resume
-        print(f"\nppl-vae: {err}", file=sys.stderr)
+        print(f"\n{_PROG}: {err}", file=sys.stderr)
         signum = getattr(err, "signal", None)
         return 128 + int(signum) if signum else 130  # 143 for SIGTERM, as the shell reports a process it ended
     except KeyboardInterrupt:  # Ctrl-C outside training (imports, data loading): nothing was started
-        print("\nppl-vae: interrupted", file=sys.stderr)
+        print(f"\n{_PROG}: interrupted", file=sys.stderr)
         return 130
     except PplVaeError as err:
-        print(f"ppl-vae: error: {err}", file=sys.stderr)
+        print(f"{_PROG}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stdout = open(os.devnull, "w")
@@ -70,5 +91,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed = _failed_write(err)
         if failed is None:
             raise
-        print(f"ppl-vae: error: {_write_error(failed, Path.cwd())}", file=sys.stderr)
+        print(f"{_PROG}: error: {_write_error(failed, Path.cwd())}", file=sys.stderr)
         return 2

@@ -18,9 +18,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from ..plots import plot_learning_curves
 
     if args.resume:
+        run = _open_run(args.resume)
+        if not _join_world(run=run, overrides=args.overrides).is_main:
+            return _fit_other_rank(args, run)
         if args.config:
             print("ppl-vae: note: --resume uses the run's own config.yaml; the CONFIG argument is ignored", file=sys.stderr)
-        run = _open_run(args.resume)
         _check_writable(run.path)
         print(f"resuming {run.path}")
         with _writing(run.path, run):
@@ -29,7 +31,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if not args.config:
             raise PplVaeError("fit needs a CONFIG.yaml (or --resume RUN_DIR)")
         config = load_config(args.config, args.overrides)
-        run = _new_run(args, config)
+        world = _join_world(config=config)
+        run = _new_run(args, config, world)
+        if not world.is_main:
+            return _fit_other_rank(args, run, config)
         _check_writable(run.path)
         made_parent = not run.path.parent.exists()
         print(f"run directory: {run.path}")
@@ -58,6 +63,30 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join_world(*, config=None, run=None, overrides=(), device=None):
+    """Join the process group of a ``torchrun`` launch (see :mod:`ppl_vae.inference.distributed`); one process
+    outside ``torchrun``. The backend follows ``device``, else the config's ``train.device``."""
+    from ..config import override_config
+    from ..inference.distributed import SINGLE, env_world, init_distributed
+
+    if not env_world().distributed:
+        return SINGLE
+    if device is None and config is None:
+        config = override_config(run.read_config(), [o for o in overrides if o.startswith("train.")])
+    return init_distributed(device or config.train.device)
+
+
+def _fit_other_rank(args: argparse.Namespace, run, config=None) -> int:
+    """A rank other than 0 of a data-parallel fit: train its shards; rank 0 writes the run and prints."""
+    from ..experiment import fit_experiment, resume_experiment
+
+    if args.resume:
+        resume_experiment(run, args.overrides, data_dir=args.data_dir)
+    else:
+        fit_experiment(config, run, data_dir=args.data_dir)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -70,7 +99,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise PplVaeError(f"{flag} must be a positive int, got {value}")
     run = _open_run(args.run_dir)
-    _check_writable(run.path)
+    world = _join_world(run=run, device=args.device)  # under torchrun, the batches are shared out
+    if world.is_main:
+        _check_writable(run.path)
     exp = load_run(run, data_dir=args.data_dir, device=args.device)
     config = exp.config.eval if args.num_samples is None else replace(exp.config.eval, num_samples=args.num_samples)
     x = getattr(exp.data, f"x_{args.split}")[: args.max_points]
@@ -78,6 +109,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     labels = None if labels is None else labels[: args.max_points]
     t0 = time.perf_counter()
     result = evaluate(exp.model, exp.guide, x, conditioning_labels(exp.model, labels), config, progress=True)
+    if not world.is_main:
+        return 0
     out = {"split": args.split, **result.as_dict(), "seconds": round(time.perf_counter() - t0, 2)}
     print(f"{args.split} set, {result.num_points} points, K={result.num_samples}:")
     print(f"  ELBO                   {result.elbo:10.3f} +- {result.elbo_stderr:.3f} nats")

@@ -15,8 +15,10 @@ from ..errors import PplVaeError
 
 
 
-def _new_run(args: argparse.Namespace, config):
-    """The path of a new run directory (not created: fit creates it once everything has been checked)."""
+def _new_run(args: argparse.Namespace, config, world=None):
+    """The path of a new run directory (not created: fit creates it once everything has been checked); in a
+    data-parallel fit, rank 0's choice on every rank."""
+    from ..inference.distributed import SINGLE, broadcast_object
     from ..runs import RunDir
 
     root = Path(args.out_dir or config.run.out_dir)
@@ -25,7 +27,7 @@ def _new_run(args: argparse.Namespace, config):
     while path.exists():
         i += 1
         path = root / f"{base}-{i}"
-    return RunDir(path)
+    return RunDir(broadcast_object(str(path), world or SINGLE))
 
 
 def _open_run(path: str):

@@ -39,6 +39,7 @@ from ..contract import needs_labels
 from ..errors import DataError
 from ..programs import as_modules, seeded
 from ..schema import POSITIVE_INT, check_fields, documented
+from .distributed import current_world, gather_objects
 from .tracing import broadcasts_particles, per_datum, sample_traces, weight_sites
 from .tracing import max_plate_nesting as max_plate_nesting_of
 
@@ -204,9 +205,11 @@ def evaluate(
 ) -> EvalResult:
     """Test ELBO and importance-sampled log p(x), in nats per data point, with standard errors.
 
-    Parameters are left untouched: modules run in eval mode without gradients. The samples are seeded
-    with ``config.seed`` (the global random number generators are left as they were), so the same
-    model, guide and data give the same numbers.
+    Parameters are left untouched: modules run in eval mode without gradients. The samples of each batch
+    are seeded from ``config.seed`` and the batch's number (the global random number generators are left
+    as they were), so the same model, guide and data give the same numbers. In a process group
+    (:mod:`ppl_vae.inference.distributed`), the batches are shared out among the ranks and every rank
+    returns the result over all points, the same as one process computes.
 
     :param model: a Pyro model, a function or a module (see :mod:`ppl_vae.contract`).
     :param torch.Tensor x: data ``(N, *x_shape)`` on the model's device.
@@ -217,16 +220,20 @@ def evaluate(
         raise DataError("cannot evaluate on an empty data set")
     model, guide = as_modules(model, guide)
     chunk = max(1, min(config.num_samples, config.max_rows // min(config.batch_size, x.shape[0])))
-    ll_parts, elbo_parts = [], []
-    with eval_mode(model, guide), seeded(config.seed):
-        starts = range(0, x.shape[0], config.batch_size)
-        for start in tqdm(starts, desc=f"evaluate (K={config.num_samples})", disable=not progress, leave=False):
+    world = current_world()
+    # Batch b is seeded by (seed, b), so its numbers do not depend on which process evaluates it.
+    batches = list(enumerate(range(0, x.shape[0], config.batch_size)))[world.rank :: world.size]
+    parts = []
+    with eval_mode(model, guide):
+        desc, quiet = f"evaluate (K={config.num_samples})", not (progress and world.is_main)
+        for b, start in tqdm(batches, desc=desc, disable=quiet, leave=False):
             xb = x[start : start + config.batch_size]
             yb = y[start : start + config.batch_size] if y is not None else None
-            ll, elbo = importance_log_likelihood(model, guide, xb, yb, config.num_samples, chunk)
-            ll_parts.append(ll)
-            elbo_parts.append(elbo)
-    ll, elbo = torch.cat(ll_parts).double(), torch.cat(elbo_parts).double()
+            with seeded(config.seed + 1_000_003 * b):
+                ll, elbo = importance_log_likelihood(model, guide, xb, yb, config.num_samples, chunk)
+            parts.append((b, ll.double().cpu(), elbo.double().cpu()))
+    parts = sorted((p for rank_parts in gather_objects(parts, world) for p in rank_parts), key=lambda p: p[0])
+    ll, elbo = torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
     n = ll.numel()
 
     def stderr(v: torch.Tensor) -> float:

@@ -39,6 +39,7 @@ from ..programs import as_modules
 from ..runs import RunDir
 from ..schema import documented
 from .checks import check_estimator
+from .distributed import World, broadcast_state, init_distributed
 from .estimators import EstimatorConfig, make_estimator
 from .jit import KeyedJit_ELBO
 from .loop import Callback, FitContext, Loop, Position, restore, run_epochs
@@ -115,14 +116,16 @@ def _as_dataset(data: Dataset | torch.Tensor) -> Dataset:
     return data
 
 
-def _batches(data: Dataset, train: TrainConfig, labelled_per_batch: int | None):
+def _batches(data: Dataset, train: TrainConfig, labelled_per_batch: int | None, world: World):
     common = dict(batch_size=train.batch_size, seed=train.seed, binarize=data.binarize == "dynamic", noise=data.train_noise)
     if is_semi_supervised(data.y_train) and labelled_per_batch is not None:
         try:
-            return MixedBatches(data.x_train, data.y_train, labelled_per_batch=labelled_per_batch, **common)
+            batches = MixedBatches(data.x_train, data.y_train, labelled_per_batch=labelled_per_batch, **common)
         except ValueError as err:
             raise ConfigError(f"semi_supervised.labelled_per_batch: {err}") from None
-    return Batches(data.x_train, data.y_train, **common)
+    else:
+        batches = Batches(data.x_train, data.y_train, **common)
+    return batches.shard(world.rank, world.size)
 
 
 def _check_estimator_fits(elbo: ELBO, model, guide, data: Dataset) -> None:
@@ -212,25 +215,37 @@ def fit(
     optim, train = optim or OptimConfig(), train or TrainConfig()
     data, run = _as_dataset(data), _open_run(run_dir, resume)
     model, guide = as_modules(model, guide)
-    elbo, device = make_estimator(estimator), resolve_device(train.device)
+    world = init_distributed(train.device)
+    elbo, device = make_estimator(estimator), resolve_device(train.device, world.local_rank if world.distributed else None)
     check_data(model, data)
     data = data.to(device)
-    batches = _batches(data, train, labelled_per_batch)
+    batches = _batches(data, train, labelled_per_batch, world)
+    writer = run if world.is_main else None  # rank 0 alone writes the run directory
     with pyro.get_param_store().scope():
         if not resume:
             pyro.set_rng_seed(train.seed)
         state = _prepare(model, guide, elbo, data, device, optim, train)
-        with run.lock() if run is not None else nullcontext():
-            config = _record(run, resume, run_config, lambda: record_config(model, guide, data, elbo, optim, train))
-            position = restore(run, state, device, train, run_config) if resume else Position()
-            if run is not None and (resume and run_config is not None or not run.config_path.is_file()):
-                run.write_config(config)
+        _start_ranks(state, train, world, resume)
+        with writer.lock() if writer is not None else nullcontext():
+            config = _record(writer, resume, run_config, lambda: record_config(model, guide, data, elbo, optim, train))
+            position = restore(run, state, device, train, run_config, world) if resume else Position()
+            if writer is not None and (resume and run_config is not None or not writer.config_path.is_file()):
+                writer.write_config(config)
             for m in state.modules:
                 m.train()
             ctx = FitContext(state.model, state.guide, state.estimator)
-            history = run_epochs(Loop(state, batches, data, run, train, callbacks, ctx, config), position)
+            history = run_epochs(Loop(state, batches, data, writer, train, callbacks, ctx, config, world), position)
     final = history[-1]["train_loss"] if history else float("nan")
     return FitResult(history, max(position.epoch, train.epochs), str(device), run, final, state.model, state.guide)
+
+
+def _start_ranks(state: TrainingState, train: TrainConfig, world: World, resume: bool) -> None:
+    """Several ranks: every rank starts from rank 0's parameters, and (a new run) draws its own random stream."""
+    if not world.distributed:
+        return
+    broadcast_state(state.modules, world)
+    if not resume:
+        pyro.set_rng_seed(train.seed + 1_000_003 * (world.rank + 1))
 
 
 def _record(run: RunDir | None, resume: bool, run_config: dict | None, recorded) -> dict | None:

@@ -28,6 +28,7 @@ from ..data import Dataset
 from ..errors import ConfigError, FitInterrupted, NonFiniteLossError
 from ..runs import RunDir, capture_rng_state, restore_rng_state
 from ..schema import documented
+from .distributed import SINGLE, World, any_rank, broadcast_buffers, gather_objects, sum_gradients
 from .evaluate import EvalConfig, conditioning_labels, evaluate
 from .semisup import classification_accuracy
 from .training import TrainConfig, TrainingState
@@ -110,10 +111,15 @@ class Position:
         }
 
 
-def save(run: RunDir | None, state: TrainingState, position: Position, config: dict | None = None) -> None:
+def save(run: RunDir | None, state: TrainingState, position: Position, config: dict | None = None, world: World = SINGLE) -> None:
+    """Write a checkpoint (rank 0, the only one given a ``run``); with several ranks, a collective that also
+    stores every rank's RNG states, so that each resumes its own."""
+    rng = gather_objects(capture_rng_state(), world)
     if run is not None:
         extra = {"config": config} if config is not None else {}
-        run.save_checkpoint({**position.payload(), **state.state_dict(), "rng": capture_rng_state(), **extra})
+        ranks = {"rng_ranks": rng} if world.distributed else {}
+        payload = {**position.payload(), **state.state_dict(), "rng": rng[0], "world_size": world.size, **ranks, **extra}
+        run.save_checkpoint(payload)
 
 
 def _changed_keys(saved: dict, config: dict, prefix: str = "") -> list[str]:
@@ -132,8 +138,17 @@ def _changed_keys(saved: dict, config: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def restore(run: RunDir, state: TrainingState, device: torch.device, train: TrainConfig, config: dict | None) -> Position:
+def restore(
+    run: RunDir, state: TrainingState, device: torch.device, train: TrainConfig, config: dict | None, world: World = SINGLE
+) -> Position:
     saved = run.load_checkpoint(map_location=device)
+    trained_by = saved.get("world_size", 1)
+    if trained_by != world.size:
+        how = "ppl-vae fit --resume" if trained_by == 1 else f"torchrun --nproc-per-node {trained_by} -m ppl_vae.cli fit --resume"
+        raise ConfigError(
+            f"{run.path} was trained by {trained_by} process(es) and this resume has {world.size}; batches and random "
+            f"streams are split by process, so resume it with {trained_by} ({how} {run.path})"
+        )
     if saved["epoch"] > train.epochs:
         raise ConfigError(
             f"{run.path} has done {saved['epoch']} epochs, more than train.epochs={train.epochs}; resume with "
@@ -146,8 +161,9 @@ def restore(run: RunDir, state: TrainingState, device: torch.device, train: Trai
             "a resumed run may change train.* only: restore config.yaml, or start a new run"
         )
     state.load_state_dict(saved, str(run.path))
-    restore_rng_state(saved["rng"])
-    run.truncate_metrics(saved["epoch"])
+    restore_rng_state(saved["rng_ranks"][world.rank] if world.distributed else saved["rng"])
+    if world.is_main:
+        run.truncate_metrics(saved["epoch"])
     return Position(saved["epoch"], saved["step"], saved.get("batch_generator"), saved.get("epoch_loss_sum", 0.0), saved.get("epoch_points", 0))
 
 
@@ -157,29 +173,21 @@ def restore(run: RunDir, state: TrainingState, device: torch.device, train: Trai
 class Stepper:
     """One optimizer step: validation for the first steps only, and a clear error for a non-finite loss."""
 
-    def __init__(self, state: TrainingState, train: TrainConfig, run: RunDir | None) -> None:
-        self.state, self.train, self.run = state, train, run
+    def __init__(self, state: TrainingState, train: TrainConfig, run: RunDir | None, world: World = SINGLE) -> None:
+        self.state, self.train, self.run, self.world = state, train, run, world
         self.steps_run = 0
         self.param_count = state.param_count()
 
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor | None, epoch: int, step: int) -> float:
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor | None, epoch: int, step: int, points: int | None = None) -> float:
+        """One step on ``xb`` (this rank's share of a batch of ``points`` points, all of it in one process);
+        returns the batch's loss in nats per point."""
         # The data were checked up front and non-finite losses are caught below, so after the first steps
         # Pyro's per-sample argument checks only cost time (about 20% of a step).
         validating = self.train.validate_steps < 0 or self.steps_run < self.train.validate_steps
         self.steps_run += 1
         state = self.state
-        try:
-            with poutine.scale(scale=1.0 / xb.shape[0]), (
-                nullcontext() if validating else pyro.validation_enabled(False)
-            ), warnings.catch_warnings():
-                # A NaN loss gets a clear error below; Pyro's own warning would only repeat it.
-                warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-                loss = float(state.estimator.loss_and_grads(state.model, state.guide, xb, yb))
-        except ValueError as err:
-            # Pyro's validation rejects non-finite distribution parameters before a loss exists.
-            if "found invalid values" not in str(err) and all(bool(torch.isfinite(p).all()) for p in state.params):
-                raise
-            loss = float("nan")
+        loss = self._loss_and_grads(xb, yb, points or xb.shape[0], validating)
+        loss = sum_gradients(state.params, loss, self.world)  # several ranks: the whole batch's loss and gradients
         if not math.isfinite(loss):
             raise self._diverged(f"the loss became {loss}", epoch, step)
         if self.steps_run == 1 and state.param_count() != self.param_count:
@@ -194,7 +202,25 @@ class Stepper:
                 raise
             raise self._diverged("the optimizer's step overflowed", epoch, step) from None
         state.optimizer.zero_grad(set_to_none=True)
+        broadcast_buffers(state.modules, self.world)
         return loss
+
+    def _loss_and_grads(self, xb: torch.Tensor, yb: torch.Tensor | None, points: int, validating: bool) -> float:
+        state = self.state
+        if xb.shape[0] == 0:  # a rank's empty share of a last batch smaller than the number of ranks
+            return 0.0
+        try:
+            with poutine.scale(scale=1.0 / points), (
+                nullcontext() if validating else pyro.validation_enabled(False)
+            ), warnings.catch_warnings():
+                # A NaN loss gets a clear error below; Pyro's own warning would only repeat it.
+                warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+                return float(state.estimator.loss_and_grads(state.model, state.guide, xb, yb))
+        except ValueError as err:
+            # Pyro's validation rejects non-finite distribution parameters before a loss exists.
+            if "found invalid values" not in str(err) and all(bool(torch.isfinite(p).all()) for p in state.params):
+                raise
+            return float("nan")
 
     def _diverged(self, what: str, epoch: int, step: int) -> NonFiniteLossError:
         kept = f"; the last good checkpoint is kept in {self.run.path}" if self.run and self.run.has_checkpoint() else ""
@@ -239,7 +265,8 @@ def _interrupted(loop: "Loop", where: str) -> FitInterrupted:
     run = loop.run
     received = loop.stopper.received if loop.stopper is not None else None
     by = " by SIGTERM" if received == signal.SIGTERM else ""
-    resume = f"; resume with: ppl-vae fit --resume {run.path}" if run else ""
+    again = f"torchrun --nproc-per-node {loop.world.size} -m ppl_vae.cli fit" if loop.world.distributed else "ppl-vae fit"
+    resume = f"; resume with: {again} --resume {run.path}" if run else ""
     err = FitInterrupted(f"interrupted{by} {where}{resume}", str(run.path) if run else None)
     err.signal = received  # the CLI exits with 128 + the signal's number
     return err
@@ -257,8 +284,15 @@ class Loop:
     callbacks: Sequence[Callback]
     ctx: FitContext
     config: dict | None = None  #: the run's config mapping, stored in every checkpoint
+    world: World = SINGLE  #: the training processes; only rank 0 is given the run to write
     bar: object = None
     stopper: object = None
+
+    def stopping(self) -> bool:
+        """Whether a stop was requested (on any rank: every rank then stops at the same step)."""
+        stop = any_rank(self.ctx.stop_requested, self.world)
+        self.ctx.stop_requested = self.ctx.stop_requested or stop
+        return stop
 
 
 def run_steps(loop: Loop, stepper: Stepper, epoch: int, position: Position) -> None:
@@ -266,16 +300,17 @@ def run_steps(loop: Loop, stepper: Stepper, epoch: int, position: Position) -> N
     batches = loop.batches
     for step, xb, yb in batches.epoch(epoch, position.step, position.generator):
         loop.ctx.step = step
-        loss = stepper(xb, yb, epoch, step)
-        position.loss_sum, position.points = position.loss_sum + loss * xb.shape[0], position.points + xb.shape[0]
+        points = batches.batch_points(step)
+        loss = stepper(xb, yb, epoch, step, points)
+        position.loss_sum, position.points = position.loss_sum + loss * points, position.points + points
         loop.bar.update(1)
         if step % 10 == 0 or step == len(batches) - 1:
             loop.bar.set_postfix(epoch=epoch + 1, loss=f"{position.loss_sum / position.points:.3f}", refresh=False)
         for cb in loop.callbacks:
             cb.on_step(loop.ctx, loss)
-        if loop.ctx.stop_requested and step + 1 < len(batches):
+        if step + 1 < len(batches) and loop.stopping():
             generator = batches.generator.get_state()
-            save(loop.run, loop.state, Position(epoch, step + 1, generator, position.loss_sum, position.points), loop.config)
+            save(loop.run, loop.state, Position(epoch, step + 1, generator, position.loss_sum, position.points), loop.config, loop.world)
             raise _interrupted(loop, f"at epoch {epoch + 1}, step {step + 1}")
 
 
@@ -286,21 +321,22 @@ def end_epoch(loop: Loop, epoch: int, position: Position, seconds: float) -> dic
     for cb in loop.callbacks:
         cb.on_epoch_end(loop.ctx, metrics)
     train, done = loop.train, epoch + 1
-    if train.progress and ("val_elbo" in metrics or "test_accuracy" in metrics or done == train.epochs):
+    if train.progress and loop.world.is_main and ("val_elbo" in metrics or "test_accuracy" in metrics or done == train.epochs):
         loop.bar.write(_summary(metrics, train.epochs))
     if loop.run is not None:
         loop.run.append_metrics(metrics)
-        if done % train.checkpoint_every == 0 or done == train.epochs or loop.ctx.stop_requested:
-            save(loop.run, loop.state, Position(done), loop.config)
+    checkpointing = loop.run is not None or loop.world.distributed  # rank 0 writes; the others join the collective
+    if checkpointing and (loop.stopping() or done % train.checkpoint_every == 0 or done == train.epochs):
+        save(loop.run, loop.state, Position(done), loop.config, loop.world)
     return metrics
 
 
 def run_epochs(loop: Loop, position: Position) -> list[dict]:
     """The loop: each epoch's steps, then its metrics and checkpoint. Returns the metrics rows."""
-    history, stepper, train = [], Stepper(loop.state, loop.train, loop.run), loop.train
+    history, stepper, train = [], Stepper(loop.state, loop.train, loop.run, loop.world), loop.train
     total = train.epochs * len(loop.batches)
     done = min(total, position.epoch * len(loop.batches) + position.step)
-    loop.bar = tqdm(total=total, initial=done, disable=not train.progress, unit="step", dynamic_ncols=True)
+    loop.bar = tqdm(total=total, initial=done, disable=not (train.progress and loop.world.is_main), unit="step", dynamic_ncols=True)
     loop.stopper = _StopOnSignal(loop.ctx)
     with loop.bar, loop.stopper:
         for epoch in range(position.epoch, train.epochs):
@@ -308,6 +344,6 @@ def run_epochs(loop: Loop, position: Position) -> list[dict]:
             run_steps(loop, stepper, epoch, position)
             history.append(end_epoch(loop, epoch, position, time.perf_counter() - t0))
             position = Position(epoch + 1)
-            if loop.ctx.stop_requested and epoch + 1 < train.epochs:
+            if epoch + 1 < train.epochs and loop.stopping():
                 raise _interrupted(loop, f"after epoch {epoch + 1}")
     return history

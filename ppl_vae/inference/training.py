@@ -120,13 +120,19 @@ class TrainConfig:
         )
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error.
+
+    :param int local_rank: in data-parallel training, this process's rank on its machine: ``auto`` and
+        ``cuda`` then mean its own GPU, ``cuda:LOCAL_RANK``.
+    """
     _device("device", name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} was requested but CUDA is not available; use device: cpu or auto")
+    if name == "cuda" and local_rank is not None:
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
