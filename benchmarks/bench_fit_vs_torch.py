@@ -135,13 +135,18 @@ class TorchVAE:
     """
 
     def __init__(self, encoder: torch.nn.Module, decoder: torch.nn.Module, latent_dim: int, min_scale: float,
-                 device: torch.device, seed: int) -> None:
+                 device: torch.device, seed: int, adam: str = "same") -> None:
         self.encoder = copy.deepcopy(encoder).to(device)
         self.decoder = copy.deepcopy(decoder).to(device)
         self.latent_dim = latent_dim
         self.min_scale = min_scale
         params = [*self.encoder.parameters(), *self.decoder.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=LR)
+        if adam == "same":  # the Adam that fit builds (PyTorch's fused kernel where the parameters allow it)
+            from ppl_vae.inference.training import OptimConfig, make_optimizer
+
+            self.optimizer = make_optimizer(params, OptimConfig(lr=LR))
+        else:  # torch.optim.Adam with PyTorch's default implementation (one tensor at a time on a CPU)
+            self.optimizer = torch.optim.Adam(params, lr=LR)
         # Its own noise stream, so the two trainers do not perturb each other's draws.
         self.generator = torch.Generator(device=device).manual_seed(seed + 7919)
 
@@ -219,7 +224,8 @@ def guide_min_scale(guide) -> float:
     return guide.heads["z"].min_scale
 
 
-def warm_up(data, device: torch.device, batch_size: int, steps: int, seed: int, estimator: str = "trace") -> None:
+def warm_up(data, device: torch.device, batch_size: int, steps: int, seed: int, estimator: str = "trace",
+            adam: str = "same") -> None:
     """Run ``steps`` steps of each trainer on throw-away networks (lazy init, allocator, kernels)."""
     if steps < 1:
         return
@@ -231,23 +237,24 @@ def warm_up(data, device: torch.device, batch_size: int, steps: int, seed: int, 
     small = replace(data, x_train=data.x_train[:n], y_train=None, x_val=data.x_val[:0], y_val=None)
     fit(model, guide, small, estimator=estimator, optim=OptimConfig(lr=LR),
         train=TrainConfig(epochs=1, batch_size=batch_size, seed=seed, device=str(device), progress=False, val_every=0))
-    hand = TorchVAE(guide_encoder(guide), model.decoder, LATENT_DIM, guide_min_scale(guide), device, seed)
+    hand = TorchVAE(guide_encoder(guide), model.decoder, LATENT_DIM, guide_min_scale(guide), device, seed, adam)
     x = data.x_train[:n].to(device)
     hand.train_epoch(Batches(x, batch_size=batch_size, seed=seed, binarize=True), 0, max_steps=steps)
 
 
 def bench_config(
-    data, device: torch.device, batch_size: int, epochs: int, seed: int, warmup_steps: int, estimator: str = "trace"
+    data, device: torch.device, batch_size: int, epochs: int, seed: int, warmup_steps: int, estimator: str = "trace",
+    adam: str = "same",
 ) -> dict:
     """Interleave ``epochs`` ppl_vae epochs with ``epochs`` torch epochs; return times and losses."""
     from ppl_vae import Callback, OptimConfig, TrainConfig, fit
     from ppl_vae.data import Batches
 
-    warm_up(data, device, batch_size, warmup_steps, seed, estimator)
+    warm_up(data, device, batch_size, warmup_steps, seed, estimator, adam)
 
     model, guide = build_model_and_guide(seed)
     # Copies taken before fit touches anything: both trainers start from the same weights.
-    hand = TorchVAE(guide_encoder(guide), model.decoder, LATENT_DIM, guide_min_scale(guide), device, seed)
+    hand = TorchVAE(guide_encoder(guide), model.decoder, LATENT_DIM, guide_min_scale(guide), device, seed, adam)
     # The same Batches fit builds (same tensor, batch size, seed, dynamic binarization), so the same batches.
     x_dev = data.x_train.to(device)
     batches = Batches(x_dev, None, batch_size=batch_size, seed=seed, binarize=data.binarize == "dynamic")
@@ -344,12 +351,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--estimator", nargs="+", default=["trace"],
                    help="ppl_vae estimators to time, each a name with optional ':' arguments, e.g. trace jit_trace "
                    "iwae:5 (default: trace); the torch loop is the single-sample ELBO whatever is chosen")
+    p.add_argument("--torch-adam", choices=["same", "default"], default="same",
+                   help="the hand-written loop's optimizer: same (default): the Adam fit builds (fused where the "
+                        "parameters allow it); default: torch.optim.Adam(params, lr) as written by hand")
     p.add_argument("--seed", type=int, default=0, help="seeds the networks, batch order and binarization (default: 0)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.epochs < 1 or any(b < 1 for b in args.batch_size):
         p.error("--epochs and --batch-size must be positive")
     return args
+
+
+def write_results(out: Optional[str], results: dict) -> dict:
+    """Write ``results`` as JSON to ``out`` (when given, saying so); return them."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {out}")
+    return results
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -380,7 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     data = load_dataset(DataConfig(name="mnist", data_dir=args.data_dir, binarize="dynamic", val_fraction=0.0,
                                    num_train=args.num_train, seed=args.seed))
     print(f"MNIST: {len(data.x_train)} training points, dynamic binarization; "
-          f"784-{'-'.join(map(str, HIDDEN_DIMS))}-{LATENT_DIM} {ACTIVATION}, Adam lr {LR}; "
+          f"784-{'-'.join(map(str, HIDDEN_DIMS))}-{LATENT_DIM} {ACTIVATION}, Adam lr {LR} (hand-written loop: {args.torch_adam} Adam); "
           f"{args.epochs} timed epochs each, interleaved, after {args.warmup_steps} warm-up steps", flush=True)
 
     rows = []
@@ -388,7 +407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for estimator in args.estimator:
             for batch_size in args.batch_size:
                 rows.append(bench_config(data, torch.device(name), batch_size, args.epochs, args.seed,
-                                         args.warmup_steps, estimator))
+                                         args.warmup_steps, estimator, args.torch_adam))
 
     print()
     print(markdown_table(rows))
@@ -396,12 +415,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print("s/epoch: median over the timed epochs; ratio = ppl_vae / torch of those medians; ratio of fastest "
           "epochs = the same for each trainer's fastest epoch (steadier on a busy machine); overhead = extra "
           "ppl_vae time per step from the medians; losses: the last epoch's mean negative ELBO, nats per point.")
-    results = {"hardware": info, "args": vars(args), "results": rows}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
-    return results
+    return write_results(args.out, {"hardware": info, "args": vars(args), "results": rows})
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ __all__ = [
     "LIKELIHOODS",
     "Likelihood",
     "BernoulliLikelihood",
+    "IndependentBernoulli",
     "NormalLikelihood",
     "LearnedNormalLikelihood",
     "ContinuousBernoulliLikelihood",
@@ -85,6 +86,23 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
+class IndependentBernoulli(dist.Independent):
+    """``Bernoulli(logits).to_event(n)`` with a log-density that sums the cross-entropy before negating it.
+
+    The same values as ``Independent(Bernoulli)``, one pass over the image fewer in the forward and in the
+    backward pass (PyTorch's Bernoulli negates the per-pixel cross-entropy first); at batch 1024 that is
+    a few percent of a step of the MNIST VAE on a CPU.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.base_dist.logits
+        logits, value = torch.broadcast_tensors(logits, value)
+        dims = tuple(range(-self.reinterpreted_batch_ndims, 0))
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(dims)
+
+
 class BernoulliLikelihood(Likelihood):
     """x ~ Bernoulli(logits=out), for binary images.
 
@@ -118,8 +136,8 @@ class BernoulliLikelihood(Likelihood):
         if self.allow_nonbinary:
             # Soft targets fail Bernoulli's support check, so the opt-in turns validation off here only.
             base = dist.Bernoulli(logits=logits, validate_args=False)
-            return dist.Independent(base, len(self.x_shape), validate_args=False)
-        return dist.Bernoulli(logits=logits).to_event(len(self.x_shape))
+            return IndependentBernoulli(base, len(self.x_shape), validate_args=False)
+        return IndependentBernoulli(dist.Bernoulli(logits=logits), len(self.x_shape))
 
 
 class NormalLikelihood(Likelihood):

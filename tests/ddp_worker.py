@@ -16,6 +16,7 @@ import pyro
 import torch
 
 from ppl_vae import (
+    Callback,
     DataConfig,
     EvalConfig,
     TrainConfig,
@@ -24,6 +25,7 @@ from ppl_vae import (
     load_dataset,
 )
 from ppl_vae.config import config_from_dict
+from ppl_vae.errors import FitInterrupted
 from ppl_vae.experiment import build_experiment, training_estimator
 from ppl_vae.inference.distributed import init_distributed
 
@@ -67,8 +69,16 @@ def evaluate_vae() -> torch.Tensor:
     return torch.tensor([result.elbo, result.elbo_stderr, result.log_likelihood, result.log_likelihood_stderr, result.num_points])
 
 
-def fit_vae(run_dir: Path | None, epochs: int, resume: bool = False) -> dict[str, torch.Tensor]:
-    """A small Gaussian VAE (trace estimator) on the digits, into ``run_dir``."""
+class StopOnRankOne(Callback):
+    """Asks rank 1 alone to stop after step 1 of epoch 1: every rank must stop at the same later step."""
+
+    def on_step(self, ctx, loss) -> None:
+        if torch.distributed.get_rank() == 1 and (ctx.epoch, ctx.step) == (1, 1):
+            ctx.request_stop()
+
+
+def fit_vae(run_dir: Path | None, epochs: int, resume: bool = False, callbacks=()) -> dict[str, torch.Tensor]:
+    """A small Gaussian VAE (trace estimator) on the digits (4 steps an epoch), into ``run_dir``."""
     from tests.helpers import tiny_vae
 
     torch.manual_seed(0)
@@ -76,7 +86,7 @@ def fit_vae(run_dir: Path | None, epochs: int, resume: bool = False) -> dict[str
     data = load_dataset(DataConfig(name="digits", num_train=60, binarize="dynamic"))
     train = TrainConfig(epochs=epochs, batch_size=16, progress=False, device="cpu", val_every=1)
     with pyro.get_param_store().scope():
-        result = fit(model, guide, data, train=train, run_dir=run_dir, resume=resume)
+        result = fit(model, guide, data, train=train, run_dir=run_dir, resume=resume, callbacks=list(callbacks))
     return {**_params(result.model, result.guide), "loss": torch.tensor([row["train_loss"] for row in result.history])}
 
 
@@ -90,6 +100,11 @@ def scenarios(rank: int, out: Path) -> None:
     }
     fit_vae(out / "resumed", 2)
     results["vae_resumed"] = fit_vae(out / "resumed", 4, resume=True)
+    try:
+        fit_vae(out / "stopped", 4, callbacks=[StopOnRankOne()])
+    except FitInterrupted as err:
+        results["stopped_message"] = str(err)
+    results["vae_stopped_resumed"] = fit_vae(out / "stopped", 4, resume=True)
     if rank == 0:
         torch.save(results, out / "results.pt")
 

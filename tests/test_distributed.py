@@ -70,7 +70,7 @@ def test_outside_torchrun_there_is_one_process(monkeypatch):
     assert env_world() == SINGLE and not SINGLE.distributed and SINGLE.is_main
     p = torch.nn.Parameter(torch.ones(2))
     p.grad = torch.full((2,), 3.0)
-    assert sum_gradients([p], 1.5, SINGLE) == 1.5 and torch.equal(p.grad, torch.full((2,), 3.0))
+    assert sum_gradients([p], 1.5, SINGLE, stop=True) == (1.5, True) and torch.equal(p.grad, torch.full((2,), 3.0))
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ConfigError, match="WORLD_SIZE must be an integer"):
         env_world()
@@ -115,6 +115,18 @@ def test_rank_zero_checkpoint_resumes_to_the_uninterrupted_result(two_ranks):
     assert torch.equal(straight["loss"][2:], resumed["loss"])
     rows = (out / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 4 and sorted(p.name for p in (out / "resumed").iterdir() if not p.name.startswith(".")) == ["checkpoint.pt", "config.yaml", "metrics.jsonl"]
+
+
+def test_a_stop_asked_on_one_rank_stops_every_rank_at_the_same_step_and_resumes(two_ranks):
+    """Rank 1 alone asks after epoch 2's second step; the request rides in the next step's gradient
+    collective, so both ranks checkpoint after the third step, and the resumed run equals the straight one."""
+    results, _ = two_ranks
+    assert "at epoch 2, step 3" in results["stopped_message"]
+    straight, resumed = results["vae_straight"], results["vae_stopped_resumed"]
+    for key in straight:
+        if key != "loss":
+            assert torch.equal(straight[key], resumed[key]), key
+    assert torch.equal(straight["loss"][1:], resumed["loss"])
 
 
 def test_one_process_refuses_a_two_process_checkpoint(two_ranks):

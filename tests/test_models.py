@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
@@ -132,3 +133,38 @@ def test_categorical256_maps_grey_levels_to_integers():
 def test_model_config_rejects_bad_latent_dim(bad):
     with pytest.raises(ValueError, match="latent_dim"):
         MODELS["vae"].config_cls(latent_dim=bad)
+
+
+@pytest.mark.parametrize("x_shape,n", [((784,), 1), ((1, 28, 28), 3)])
+def test_the_bernoulli_likelihood_has_the_log_density_and_gradient_of_independent_bernoullis(x_shape, n):
+    from ppl_vae.likelihoods import BernoulliLikelihood, IndependentBernoulli
+
+    torch.manual_seed(0)
+    out = torch.randn(3, 5, math.prod(x_shape), requires_grad=True)
+    x = torch.bernoulli(torch.full((5, *x_shape), 0.3))
+    ours = BernoulliLikelihood(x_shape)(out)
+    assert isinstance(ours, IndependentBernoulli) and ours.event_shape == x_shape and ours.batch_shape == (3, 5)
+    reference = dist.Bernoulli(logits=out.reshape(3, 5, *x_shape)).to_event(n)
+    (g_ours,) = torch.autograd.grad(ours.log_prob(x).sum(), out)
+    (g_ref,) = torch.autograd.grad(reference.log_prob(x).sum(), out)
+    torch.testing.assert_close(ours.log_prob(x), reference.log_prob(x), rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=0)
+    assert ours.expand((2, 3, 5)).log_prob(x).shape == (2, 3, 5)
+    with pytest.raises(ValueError, match="support"):
+        ours.log_prob(x * 0.5 + 0.25)
+
+
+def test_adam_is_the_fused_kernel_and_takes_the_default_implementations_step():
+    from ppl_vae.inference.training import OptimConfig, make_optimizer
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    fused, plain = make_optimizer(a, OptimConfig(lr=0.01)), torch.optim.Adam(b, lr=0.01)
+    assert fused.param_groups[0]["fused"]
+    for _ in range(5):
+        for p, q in zip(a, b):
+            p.grad = q.grad = torch.randn_like(p)
+        fused.step(), plain.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

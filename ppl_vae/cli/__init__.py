@@ -93,3 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{_PROG}: error: {_write_error(failed, Path.cwd())}", file=sys.stderr)
         return 2
+    finally:
+        if _WORLD_SIZE > 1:
+            from ..inference.distributed import leave_distributed
+
+            leave_distributed()

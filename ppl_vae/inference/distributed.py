@@ -43,6 +43,7 @@ __all__ = [
     "current_world",
     "init_distributed",
     "sum_gradients",
+    "leave_distributed",
     "broadcast_state",
     "broadcast_buffers",
     "gather_objects",
@@ -132,29 +133,39 @@ def init_distributed(device: str = "auto") -> World:
     return current_world()
 
 
+def leave_distributed() -> None:
+    """Leave the process group, if this process joined one (before exit: a ``gloo`` group torn down by the
+    interpreter's exit instead can abort the process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _flat(tensors: Sequence[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in tensors]) if tensors else torch.zeros(0, device=device, dtype=dtype)
 
 
-def sum_gradients(params: Sequence[torch.Tensor], loss: float, world: World) -> float:
-    """Sum every parameter's gradient, and ``loss``, over the ranks, in one ``all_reduce``; returns the summed loss.
+def sum_gradients(params: Sequence[torch.Tensor], loss: float, world: World, stop: bool = False) -> tuple[float, bool]:
+    """Sum every parameter's gradient, and ``loss``, over the ranks, in one ``all_reduce``.
 
-    A parameter that has no gradient on any rank keeps none (Adam then leaves it alone, as one process
-    would); one with a gradient on some ranks gets the sum, zeros counted for the others.
+    Returns the summed loss and whether ``stop`` was true on any rank: a stop request rides along in the same
+    collective, so the loop needs no second one per step. A parameter that has no gradient on any rank keeps
+    none (Adam then leaves it alone, as one process would); one with a gradient on some ranks gets the sum,
+    zeros counted for the others.
     """
     if not world.distributed:
-        return loss
+        return loss, stop
     ref = params[0] if params else torch.zeros(())
     grads = [p.grad if p.grad is not None else p.new_zeros(p.shape) for p in params]
     had = [1.0 if p.grad is not None else 0.0 for p in params]
-    flat = torch.cat([_flat(grads, ref.dtype, ref.device), torch.tensor([*had, loss], dtype=ref.dtype, device=ref.device)])
+    tail = torch.tensor([*had, 1.0 if stop else 0.0, loss], dtype=ref.dtype, device=ref.device)
+    flat = torch.cat([_flat(grads, ref.dtype, ref.device), tail])
     dist.all_reduce(flat)
-    offset, flags = 0, flat[-len(params) - 1 : -1].tolist()
+    offset, flags = 0, flat[-len(params) - 2 :].tolist()
     for p, flag in zip(params, flags):
         n = p.numel()
         p.grad = flat[offset : offset + n].view_as(p).to(p.dtype) if flag > 0 else None
         offset += n
-    return float(flat[-1])
+    return flags[-1], flags[-2] > 0
 
 
 def _broadcast(tensors: list[torch.Tensor]) -> None:

@@ -176,18 +176,23 @@ class Stepper:
     def __init__(self, state: TrainingState, train: TrainConfig, run: RunDir | None, world: World = SINGLE) -> None:
         self.state, self.train, self.run, self.world = state, train, run, world
         self.steps_run = 0
+        self.stop_agreed = False
         self.param_count = state.param_count()
 
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor | None, epoch: int, step: int, points: int | None = None) -> float:
+    def __call__(
+        self, xb: torch.Tensor, yb: torch.Tensor | None, epoch: int, step: int, points: int | None = None, stop: bool = False
+    ) -> float:
         """One step on ``xb`` (this rank's share of a batch of ``points`` points, all of it in one process);
-        returns the batch's loss in nats per point."""
+        returns the batch's loss in nats per point. ``stop`` (a stop was requested here) is shared with the
+        other ranks in the gradients' collective; ``stop_agreed`` then says whether any rank asked."""
         # The data were checked up front and non-finite losses are caught below, so after the first steps
         # Pyro's per-sample argument checks only cost time (about 20% of a step).
         validating = self.train.validate_steps < 0 or self.steps_run < self.train.validate_steps
         self.steps_run += 1
         state = self.state
         loss = self._loss_and_grads(xb, yb, points or xb.shape[0], validating)
-        loss = sum_gradients(state.params, loss, self.world)  # several ranks: the whole batch's loss and gradients
+        # Several ranks: the whole batch's loss and gradients, and whether any rank was asked to stop.
+        loss, self.stop_agreed = sum_gradients(state.params, loss, self.world, stop)
         if not math.isfinite(loss):
             raise self._diverged(f"the loss became {loss}", epoch, step)
         if self.steps_run == 1 and state.param_count() != self.param_count:
@@ -288,8 +293,16 @@ class Loop:
     bar: object = None
     stopper: object = None
 
-    def stopping(self) -> bool:
-        """Whether a stop was requested (on any rank: every rank then stops at the same step)."""
+    def stopping(self, agreed: bool | None = None) -> bool:
+        """Whether a stop was requested (on any rank: every rank then stops at the same step).
+
+        :param agreed: what the ranks agreed in the last step's gradient collective (``Stepper.stop_agreed``);
+            several ranks then need no collective of their own, and a request made on some rank during a step
+            stops every rank one step later.
+        """
+        if agreed is not None and self.world.distributed:
+            self.ctx.stop_requested = self.ctx.stop_requested or agreed
+            return agreed
         stop = any_rank(self.ctx.stop_requested, self.world)
         self.ctx.stop_requested = self.ctx.stop_requested or stop
         return stop
@@ -301,14 +314,14 @@ def run_steps(loop: Loop, stepper: Stepper, epoch: int, position: Position) -> N
     for step, xb, yb in batches.epoch(epoch, position.step, position.generator):
         loop.ctx.step = step
         points = batches.batch_points(step)
-        loss = stepper(xb, yb, epoch, step, points)
+        loss = stepper(xb, yb, epoch, step, points, loop.ctx.stop_requested)
         position.loss_sum, position.points = position.loss_sum + loss * points, position.points + points
         loop.bar.update(1)
         if step % 10 == 0 or step == len(batches) - 1:
             loop.bar.set_postfix(epoch=epoch + 1, loss=f"{position.loss_sum / position.points:.3f}", refresh=False)
         for cb in loop.callbacks:
             cb.on_step(loop.ctx, loss)
-        if step + 1 < len(batches) and loop.stopping():
+        if step + 1 < len(batches) and loop.stopping(stepper.stop_agreed):
             generator = batches.generator.get_state()
             save(loop.run, loop.state, Position(epoch, step + 1, generator, position.loss_sum, position.points), loop.config, loop.world)
             raise _interrupted(loop, f"at epoch {epoch + 1}, step {step + 1}")
