@@ -47,6 +47,7 @@ _EXPORTS = {
     "make_guide": "ppl_vae.guides",
     "ESTIMATORS": "ppl_vae.inference",
     "Callback": "ppl_vae.inference",
+    "add_penalty": "ppl_vae.inference",
     "EstimatorConfig": "ppl_vae.inference",
     "EvalConfig": "ppl_vae.inference",
     "EvalResult": "ppl_vae.inference",

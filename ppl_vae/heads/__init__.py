@@ -10,6 +10,7 @@ iaf        Normal pushed through IAF steps             any real-valued family   
 planar     Normal pushed through planar steps          any real-valued family         ``:K`` steps (4)
 radial     Normal pushed through radial steps          any real-valued family         ``:K`` steps (4)
 spline     Normal pushed through spline steps          any real-valued family         ``:K`` steps (2)
+delta      a point mass (deterministic encoder, MAP code) any real-valued family
 bernoulli  independent Bernoulli                       bernoulli
 categorical, onehot_categorical, relaxed_categorical   the same family
 ========== =========================================== ============================== =================
@@ -25,11 +26,11 @@ from typing import Any, Callable
 from ..families import FAMILIES, MIN_SCALE, Family
 from ..registry import Arg, int_arg, parse_arguments, split_name, syntax
 from ..schema import documented
-from .base import Head, ParamHead
+from .base import DeltaHead, Head, ParamHead
 from .flows import FLOW_STEPS, FlowHead, make_flow_steps
 from .fullcov import FullCovHead
 
-__all__ = ["HEADS", "HeadEntry", "Head", "ParamHead", "FlowHead", "FullCovHead", "make_head", "parse_head"]
+__all__ = ["HEADS", "HeadEntry", "Head", "ParamHead", "DeltaHead", "FlowHead", "FullCovHead", "make_head", "parse_head"]
 
 
 @documented
@@ -75,6 +76,10 @@ HEADS: dict[str, HeadEntry] = {
     **{name: _family_head(name) for name in FAMILIES},
     "fullcov": HeadEntry(_fullcov, lambda f: f.real_support, summary="full-covariance Normal"),
     **{name: _flow(name) for name in FLOW_STEPS},
+    "delta": HeadEntry(
+        lambda context_dim, dim, temperature=0.5, min_scale=MIN_SCALE: DeltaHead(context_dim, dim),
+        lambda f: f.real_support, summary="point mass: a deterministic encoder (MAP code)",
+    ),
 }
 
 

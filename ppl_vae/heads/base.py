@@ -13,7 +13,7 @@ from torch import nn
 
 from ..families import MIN_SCALE, Family
 
-__all__ = ["Head", "ParamHead"]
+__all__ = ["Head", "ParamHead", "DeltaHead"]
 
 
 class Head(nn.Module):
@@ -46,3 +46,21 @@ class ParamHead(Head):
 
     def forward(self, context: torch.Tensor) -> dist.TorchDistribution:
         return self.family.dist(self.linear(context), self.dim, self.temperature, self.min_scale)
+
+
+class DeltaHead(Head):
+    """A point mass at a linear map of the context: a deterministic encoder, ``q(z|x) = δ(z - f(x))``.
+
+    With it the bound is ``log p(x|f(x)) + log p(f(x))``: a MAP estimate of the code, the prior acting as a
+    penalty on it (a Normal prior is an L2 penalty). This is the classic autoencoder; the importance-sampled
+    log p(x) means nothing for it, so tools that need a proper q(z|x) refuse a guide with a ``delta`` head.
+    """
+
+    deterministic = True
+
+    def __init__(self, context_dim: int, dim: int) -> None:
+        super().__init__(context_dim, dim)
+        self.linear = nn.Linear(context_dim, dim)
+
+    def forward(self, context: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Delta(self.linear(context), event_dim=1)

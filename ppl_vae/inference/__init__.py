@@ -26,6 +26,7 @@ from .gradients import GradientStats, gradient_stats
 from .iwae import IWAE_ELBO
 from .objectives import KLWeighted_ELBO, KLWeighting, kl_weighted
 from .semisup import SemiSupervised_ELBO
+from .terms import add_penalty
 from .training import OptimConfig, TrainConfig, TrainingState, resolve_device
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "EvalResult",
     "evaluate",
     "importance_log_likelihood",
+    "add_penalty",
     "log_weights",
     "Callback",
     "FitContext",

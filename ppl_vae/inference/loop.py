@@ -31,6 +31,7 @@ from ..schema import documented
 from .distributed import SINGLE, World, any_rank, broadcast_buffers, gather_objects, sum_gradients
 from .evaluate import EvalConfig, conditioning_labels, evaluate
 from .semisup import classification_accuracy
+from .terms import TermRecorder
 from .training import TrainConfig, TrainingState
 
 __all__ = ["Callback", "FitContext", "Position", "run_epochs", "restore"]
@@ -103,11 +104,12 @@ class Position:
     generator: torch.Tensor | None = None
     loss_sum: float = 0.0
     points: int = 0
+    terms: dict = field(default_factory=dict)  #: each penalty term's sum over the epoch's points so far
 
     def payload(self) -> dict:
         return {
             "epoch": self.epoch, "step": self.step, "batch_generator": self.generator,
-            "epoch_loss_sum": self.loss_sum, "epoch_points": self.points,
+            "epoch_loss_sum": self.loss_sum, "epoch_points": self.points, "epoch_terms": dict(self.terms),
         }
 
 
@@ -164,7 +166,10 @@ def restore(
     restore_rng_state(saved["rng_ranks"][world.rank] if world.distributed else saved["rng"])
     if world.is_main:
         run.truncate_metrics(saved["epoch"])
-    return Position(saved["epoch"], saved["step"], saved.get("batch_generator"), saved.get("epoch_loss_sum", 0.0), saved.get("epoch_points", 0))
+    return Position(
+        saved["epoch"], saved["step"], saved.get("batch_generator"), saved.get("epoch_loss_sum", 0.0),
+        saved.get("epoch_points", 0), dict(saved.get("epoch_terms", {})),
+    )
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -177,6 +182,7 @@ class Stepper:
         self.state, self.train, self.run, self.world = state, train, run, world
         self.steps_run = 0
         self.stop_agreed = False
+        self.terms: dict[str, float] = {}  #: the last step's penalty terms (see inference/terms.py)
         self.param_count = state.param_count()
 
     def __call__(
@@ -215,12 +221,15 @@ class Stepper:
         if xb.shape[0] == 0:  # a rank's empty share of a last batch smaller than the number of ranks
             return 0.0
         try:
+            recorder = TermRecorder()
             with poutine.scale(scale=1.0 / points), (
                 nullcontext() if validating else pyro.validation_enabled(False)
-            ), warnings.catch_warnings():
+            ), warnings.catch_warnings(), recorder:
                 # A NaN loss gets a clear error below; Pyro's own warning would only repeat it.
                 warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-                return float(state.estimator.loss_and_grads(state.model, state.guide, xb, yb))
+                loss = float(state.estimator.loss_and_grads(state.model, state.guide, xb, yb))
+            self.terms = recorder.means()
+            return loss
         except ValueError as err:
             # Pyro's validation rejects non-finite distribution parameters before a loss exists.
             if "found invalid values" not in str(err) and all(bool(torch.isfinite(p).all()) for p in state.params):
@@ -242,6 +251,7 @@ def _epoch_metrics(state: TrainingState, data: Dataset, train: TrainConfig, epoc
         "train_loss": position.loss_sum / max(position.points, 1),
         "lr": state.optimizer.param_groups[0]["lr"],
         "epoch_time_s": seconds,
+        **{f"term_{name}": total / max(position.points, 1) for name, total in sorted(position.terms.items())},
     }
     if train.val_every and (epoch + 1) % train.val_every == 0 and data.x_val.shape[0] > 0:
         val_config = EvalConfig(num_samples=train.val_num_samples, batch_size=max(train.batch_size, 100), seed=train.seed + epoch)
@@ -316,6 +326,8 @@ def run_steps(loop: Loop, stepper: Stepper, epoch: int, position: Position) -> N
         points = batches.batch_points(step)
         loss = stepper(xb, yb, epoch, step, points, loop.ctx.stop_requested)
         position.loss_sum, position.points = position.loss_sum + loss * points, position.points + points
+        for name, value in stepper.terms.items():
+            position.terms[name] = position.terms.get(name, 0.0) + value * points
         loop.bar.update(1)
         if step % 10 == 0 or step == len(batches) - 1:
             loop.bar.set_postfix(epoch=epoch + 1, loss=f"{position.loss_sum / position.points:.3f}", refresh=False)
@@ -323,7 +335,7 @@ def run_steps(loop: Loop, stepper: Stepper, epoch: int, position: Position) -> N
             cb.on_step(loop.ctx, loss)
         if step + 1 < len(batches) and loop.stopping(stepper.stop_agreed):
             generator = batches.generator.get_state()
-            save(loop.run, loop.state, Position(epoch, step + 1, generator, position.loss_sum, position.points), loop.config, loop.world)
+            save(loop.run, loop.state, Position(epoch, step + 1, generator, position.loss_sum, position.points, dict(position.terms)), loop.config, loop.world)
             raise _interrupted(loop, f"at epoch {epoch + 1}, step {step + 1}")
 
 
