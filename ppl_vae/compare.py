@@ -40,6 +40,7 @@ from .inference.estimators import parse_estimator
 from .inference.evaluate import eval_mode, evaluate
 from .inference.fit import Callback, FitContext, fit
 from .inference.gradients import gradient_stats
+from .inference.reconstruction import point_mass_sites
 from .plots import plot_comparison
 from .programs import PythonTarget, as_modules
 from .runs import RunDir
@@ -256,12 +257,25 @@ def _row(label: str, history: list[dict], ev, wall: float) -> dict:
     return row
 
 
+def _refuse_point_mass(exp) -> None:
+    """A point-mass guide (head: delta) has no log p(x) to compare: refuse the variant before training it."""
+    x, y = exp.data.head(2)
+    model, guide = as_modules(exp.model, exp.guide)
+    with eval_mode(model, guide):
+        if point_mass_sites(guide, x, conditioning_labels(model, y)):
+            raise ConfigError(
+                "the guide is a point mass (head delta, a deterministic encoder), so the importance-sampled log p(x) "
+                "that compare reports means nothing for it; evaluate it with ppl-vae evaluate (reconstruction error)"
+            )
+
+
 def _run_variant(
     label: str, config: ExperimentConfig, run: RunDir, compare: CompareConfig, data_dir, kind: str
 ) -> dict:
     """Train one variant (or resume it), then evaluate it; a variant its estimator refuses is recorded as such."""
     try:
         exp = build_experiment(config, data_dir)
+        _refuse_point_mass(exp)
         t0 = time.perf_counter()
         result = _train_variant(exp, config, run, compare, kind == "estimators")
     except ConfigError as err:
@@ -331,6 +345,15 @@ def _compare(
     return [r["row"] for r in results], paths
 
 
+def _refuse_adversarial(config: ExperimentConfig, kind: str) -> None:
+    """An adversarial autoencoder is trained by its own objective and has no bound to compare."""
+    if config.adversarial is not None:
+        raise ConfigError(
+            f"compare-{kind} compares bounds, but this config's adversarial: section trains an adversarial autoencoder "
+            "with its own objective; compare its runs with ppl-vae evaluate (reconstruction and MMD)"
+        )
+
+
 def compare_estimators(
     config: ExperimentConfig, estimators: Sequence[str], out_dir: str | Path, compare: CompareConfig | None = None, *, data_dir=None
 ) -> tuple[list[dict], dict[str, Path]]:
@@ -338,6 +361,7 @@ def compare_estimators(
 
     A variant whose estimator refuses the model and guide gets a row saying why; the others still run.
     """
+    _refuse_adversarial(config, "estimators")
     return _compare("estimators", estimator_variants(config, estimators), out_dir, compare or CompareConfig(), data_dir)
 
 
@@ -350,6 +374,7 @@ def compare_guides(
 
     :raises ConfigError: for fewer importance samples than PSIS needs (``MIN_PSIS_SAMPLES``, 21).
     """
+    _refuse_adversarial(config, "guides")
     compare = compare or CompareConfig()
     if compare.num_samples < MIN_PSIS_SAMPLES:
         raise ConfigError(

@@ -11,6 +11,7 @@ A config file has one section per component::
     eval:      EvalConfig        (ppl_vae.inference.evaluate)
     kl_weighting: KLWeighting    (ppl_vae.inference.objectives: beta-VAE, KL annealing, free bits)
     semi_supervised: SemiSupervisedConfig (ppl_vae.inference.semisup: M2 with a few labels)
+    adversarial: AdversarialConfig (ppl_vae.inference.adversarial: an adversarial autoencoder; present = enabled)
     m1:        a nested config (model, guide, estimator, optim, train, ...) of an M1 VAE trained
                first; the main model then trains on its latent codes (M1+M2, ppl_vae.stages)
     run:       RunConfig         (below)
@@ -37,6 +38,7 @@ import yaml
 from .data import DataConfig
 from .errors import ConfigError
 from .guides import GUIDES, RENAMED_GUIDES
+from .inference.adversarial import AdversarialConfig
 from .inference.estimators import ESTIMATORS, EstimatorConfig
 from .inference.evaluate import EvalConfig
 from .inference.objectives import KLWeighting
@@ -109,6 +111,8 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     kl_weighting: KLWeighting = field(default_factory=KLWeighting)
     semi_supervised: SemiSupervisedConfig = field(default_factory=SemiSupervisedConfig)
+    #: an adversarial autoencoder: the KL replaced by a discriminator's game (None: off)
+    adversarial: AdversarialConfig | None = None
     #: M1+M2: the M1 stage, trained first on the same data
     m1: "ExperimentConfig | None" = None
     run: RunConfig = field(default_factory=RunConfig)
@@ -119,6 +123,11 @@ class ExperimentConfig:
             raise ConfigError("a spec guide (guide.name: spec) needs a spec model (model.name: spec)")
         if spec_model and spec_guide:
             check_guide(self.model.config, self.guide.config)
+        if (self.model.name == "vqvae") != (self.guide.name == "vqvae"):
+            raise ConfigError(
+                f"a vqvae model and the vqvae guide (its deterministic quantiser) go together: got model "
+                f"{self.model.name!r} with guide {self.guide.name!r}; set model.name and guide.name both to vqvae"
+            )
 
 
 _PLAIN_SECTIONS = {
@@ -128,10 +137,13 @@ _PLAIN_SECTIONS = {
     "eval": EvalConfig,
     "kl_weighting": KLWeighting,
     "semi_supervised": SemiSupervisedConfig,
+    "adversarial": AdversarialConfig,
     "run": RunConfig,
 }
 _REGISTRY_SECTIONS = {"model": MODELS, "guide": GUIDES}
-SECTIONS = ("data", "model", "guide", "estimator", "kl_weighting", "semi_supervised", "m1", "optim", "train", "eval", "run")
+SECTIONS = (
+    "data", "model", "guide", "estimator", "kl_weighting", "semi_supervised", "adversarial", "m1", "optim", "train", "eval", "run",
+)
 #: sections an ``m1:`` stage may not have: it shares the data, and is itself unsupervised
 _NOT_IN_M1 = ("data", "semi_supervised", "m1", "run")
 
@@ -218,6 +230,8 @@ def config_to_dict(config: ExperimentConfig) -> dict:
     out: dict[str, Any] = {}
     for section in SECTIONS:
         value = getattr(config, section)
+        if section == "adversarial" and value is None:
+            continue  # off: the section is absent
         if section == "m1":
             if value is not None:
                 out[section] = {k: v for k, v in config_to_dict(value).items() if k not in _NOT_IN_M1}

@@ -45,13 +45,18 @@ protocol                    what it enables
 
 Estimators (Pyro ELBO objects) may offer :class:`HasTrainableState` (learned state such as neural
 baselines, trained and checkpointed by ``fit``), :class:`Prepares` (build that state before the
-optimizer exists) and :class:`WrapsEstimator` (a wrapper checked through the estimator it wraps).
+optimizer exists), :class:`WrapsEstimator` (a wrapper checked through the estimator it wraps) and
+:class:`ReportsTerms` (the last step's named loss terms, reported by ``fit``). A module inside an
+estimator's trainable state may be :class:`TrainedByObjective` (a second player, such as an adversarial
+autoencoder's discriminator, that the objective steps with its own optimizer).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Protocol, TypeVar, runtime_checkable
 
+import pyro
+import pyro.distributions as dist
 import torch
 
 from .compat import site_is_subsample
@@ -72,10 +77,14 @@ __all__ = [
     "HasTrainableState",
     "Prepares",
     "WrapsEstimator",
+    "ReportsTerms",
+    "TrainedByObjective",
     "capability",
     "data_site_name",
     "needs_labels",
     "estimator_chain",
+    "TERM_FLAG",
+    "add_penalty",
 ]
 
 #: The name of the plate over data points, in every model and guide.
@@ -172,6 +181,23 @@ class WrapsEstimator(Protocol):
     base: Any
 
 
+@runtime_checkable
+class ReportsTerms(Protocol):
+    """An estimator that reports the named terms of its last ``loss_and_grads`` call (nats per data point);
+    ``fit`` writes each as ``term_<name>`` in the epoch's metrics, as it does penalty sites."""
+
+    last_terms: Mapping[str, float]
+
+
+@runtime_checkable
+class TrainedByObjective(Protocol):
+    """A module of an estimator's trainable state whose parameters the objective steps itself, with its own
+    optimizer (``trained_by_objective`` is True): ``fit``'s optimizer leaves them out. Its optimizer state
+    travels in the module's ``state_dict`` (``get_extra_state``), so a checkpoint holds it."""
+
+    trained_by_objective: bool
+
+
 P = TypeVar("P")
 
 
@@ -220,3 +246,23 @@ def estimator_chain(estimator: Any) -> list:
     while capability(chain[-1], WrapsEstimator) is not None and chain[-1].base is not None:
         chain.append(chain[-1].base)
     return chain
+
+
+#: the ``infer`` key that marks a penalty site (see :func:`add_penalty`)
+TERM_FLAG = "loss_term"
+
+
+def add_penalty(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Add ``value`` (nats; one per data point inside the data plate) to the training loss. Call it in the guide.
+
+    A penalty is a factor site of the guide (``Unit`` with the value as its log-density, marked with
+    :data:`TERM_FLAG`); see :mod:`ppl_vae.inference.terms` for how estimators and ``fit`` treat it. It is part of
+    the contract so that models and guides (layer 2) can call it without importing the inference layer.
+
+    :raises ValueError: for a value that is not a floating-point tensor.
+    """
+    if not torch.is_tensor(value) or not value.is_floating_point():
+        raise ValueError(f"penalty {name!r} must be a floating-point tensor, got {type(value).__name__}")
+    unit = dist.Unit(value, has_rsample=True)
+    pyro.sample(name, unit, obs=unit.sample(), infer={"is_auxiliary": True, TERM_FLAG: True})
+    return value

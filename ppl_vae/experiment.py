@@ -20,6 +20,7 @@ from .contract import needs_labels
 from .data import Dataset, load_dataset
 from .errors import CheckpointError, ConfigError, FitInterrupted, RunDirError
 from .guides import make_guide
+from .inference.adversarial import Adversarial_ELBO
 from .inference.estimators import make_estimator
 from .inference.evaluate import conditioning_labels
 from .inference.fit import Callback, FitResult, fit
@@ -108,7 +109,10 @@ def build_experiment(
 def training_estimator(config: ExperimentConfig, data: Dataset | None = None) -> ELBO:
     """The training objective of a config, assembled in this one place: the estimator, wrapped in a KL
     weighting (beta, annealing, free bits) when the config asks for one, and in
-    :class:`~ppl_vae.inference.semisup.SemiSupervised_ELBO` for semi-supervised training."""
+    :class:`~ppl_vae.inference.semisup.SemiSupervised_ELBO` for semi-supervised training. With an
+    ``adversarial:`` section, the adversarial autoencoder's objective, which replaces the estimator."""
+    if config.adversarial is not None:
+        return adversarial_objective(config)
     estimator = make_estimator(config.estimator)
     if not config.kl_weighting.is_elbo:
         estimator = kl_weighted(estimator, config.kl_weighting)
@@ -123,6 +127,15 @@ def training_estimator(config: ExperimentConfig, data: Dataset | None = None) ->
             labelled = unbiased_labelled_weight(num_train, ss.num_labels, config.train.batch_size, ss.labelled_per_batch)
         estimator = SemiSupervised_ELBO(estimator, aux, labelled)
     return estimator
+
+
+def adversarial_objective(config: ExperimentConfig) -> ELBO:
+    """The adversarial autoencoder's objective of a config, refusing the sections it cannot be combined with."""
+    sections = (("kl_weighting", not config.kl_weighting.is_elbo), ("semi_supervised", config.semi_supervised.enabled))
+    clashes = [name for name, on in sections if on]
+    if clashes:
+        raise ConfigError(f"the adversarial: objective replaces the KL term, so it takes no {' or '.join(clashes)} section; remove it")
+    return Adversarial_ELBO(config.adversarial)
 
 
 def _train_stage(config: ExperimentConfig, run_dir: RunDir | None, data_dir, resume: bool) -> Experiment:

@@ -17,6 +17,24 @@ relaxed_categorical    simplex vector  (dim,)       dim logits (Gumbel-softmax, 
 
 When a variable feeds a network it is encoded as floats of size
 :meth:`Family.input_size` (one-hot for ``categorical``).
+
+Shaped priors
+-------------
+
+:data:`PRIOR_SHAPES` holds fixed priors of a particular shape over a 2-D real latent, the targets of an
+adversarial autoencoder's figures (Makhzani et al. 2016, fig. 2 and 4). They are *not* families: no guide
+head or learned parameters come with them, so they stay out of :data:`FAMILIES` (and out of the heads
+and coverage tests that pair every family with every head). A spec latent of family ``normal`` uses one
+with ``prior: <name>`` (see :class:`~ppl_vae.spec.LatentSpec`). Each is a Gaussian mixture, so it has an
+exact ``log_prob`` as well as ``sample``:
+
+================ ============================================================================
+prior            p(z), z in R^2
+================ ============================================================================
+mixture_circle   10 equally weighted Normals (scale 0.5) centred on a circle of radius 4
+swiss_roll       100 equally weighted Normals (scale 0.2) along a spiral r = 4 t, angle 3 pi t,
+                 centres at t = sqrt(u), u evenly spaced in [0.05, 1] (even spacing along the arc)
+================ ============================================================================
 """
 
 from __future__ import annotations
@@ -32,7 +50,7 @@ from torch.nn import functional as F
 from .nets import check_choice
 from .schema import documented
 
-__all__ = ["FAMILIES", "MIN_SCALE", "Family", "get_family", "inverse_softplus"]
+__all__ = ["FAMILIES", "MIN_SCALE", "PRIOR_SHAPES", "Family", "PriorShape", "get_family", "inverse_softplus", "shaped_prior"]
 
 #: The floor added to every softplus-parameterised scale (guides, learned priors, likelihoods), so a
 #: scale never reaches 0.
@@ -147,3 +165,51 @@ def get_family(name: str) -> Family:
     """The family ``name``; ``ValueError`` naming the choices otherwise."""
     check_choice("family", name, FAMILIES)
     return FAMILIES[name]
+
+
+# -- shaped priors (not families; see the module docstring) -----------------------------------------
+
+
+@documented
+@dataclass(frozen=True)
+class PriorShape:
+    """A fixed prior over a 2-D real latent: an equally weighted mixture of isotropic Normals."""
+
+    #: registry key (``prior:`` of a spec latent)
+    name: str
+    #: the mixture's centres, (num_components, 2)
+    centres: Callable[[], torch.Tensor]
+    #: each component's standard deviation
+    scale: float
+    #: the latent size it is defined for
+    dim: int = 2
+
+    def dist(self, like: torch.Tensor) -> dist.TorchDistribution:
+        """p(z) with event shape ``(2,)``, on the device and with the dtype of ``like``."""
+        centres = self.centres().to(device=like.device, dtype=like.dtype)
+        mixing = dist.Categorical(logits=like.new_zeros(centres.shape[0]))
+        components = dist.Normal(centres, like.new_full(centres.shape, self.scale)).to_event(1)
+        return dist.MixtureSameFamily(mixing, components)
+
+
+def _circle_centres(num: int = 10, radius: float = 4.0) -> torch.Tensor:
+    angle = torch.arange(num, dtype=torch.float64) * (2 * math.pi / num)
+    return (radius * torch.stack([angle.cos(), angle.sin()], -1)).float()
+
+
+def _swiss_roll_centres(num: int = 100, radius: float = 4.0, turns: float = 1.5) -> torch.Tensor:
+    t = torch.linspace(0.05, 1.0, num, dtype=torch.float64).sqrt()  # even spacing along the arc
+    angle = 2 * math.pi * turns * t
+    return (radius * t[:, None] * torch.stack([angle.cos(), angle.sin()], -1)).float()
+
+
+#: Registry of shaped priors (see the module docstring).
+PRIOR_SHAPES: dict[str, PriorShape] = {
+    p.name: p for p in (PriorShape("mixture_circle", _circle_centres, 0.5), PriorShape("swiss_roll", _swiss_roll_centres, 0.2))
+}
+
+
+def shaped_prior(name: str, like: torch.Tensor) -> dist.TorchDistribution:
+    """The shaped prior ``name`` on the device and with the dtype of ``like``; ``ValueError`` naming the choices otherwise."""
+    check_choice("prior", name, PRIOR_SHAPES)
+    return PRIOR_SHAPES[name].dist(like)

@@ -300,7 +300,8 @@ def plot_comparison(
     left.set_xlabel("epoch")
     left.set_ylabel("train loss (-bound), nats per point")
     left.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    if any(histories.values()):  # every variant refused: no curve to label
+        left.legend(fontsize=8)
     labels = [r["variant"] for r in rows if isinstance(r.get(bar_key), (int, float))]
     values = [r[bar_key] for r in rows if isinstance(r.get(bar_key), (int, float))]
     right.bar(range(len(values)), values, color="tab:blue")

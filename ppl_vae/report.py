@@ -38,6 +38,7 @@ REPORT = "report.html"
 RUN_FIGURES = {
     "samples.png": "samples: means of p(x|z) for z drawn from the prior",
     "reconstructions.png": "test images (odd rows) and their reconstructions (even rows)",
+    "denoising.png": "denoising: clean test images, corrupted, and reconstructed from the corrupted ones",
     "classes.png": "conditional generation: a style z per row, a class y per column",
     "analogies.png": "analogies: a test image's style decoded with every class",
 }

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from .contract import DATA_PLATE, DATA_SITE
 from .errors import ConfigError
-from .families import FAMILIES
+from .families import FAMILIES, PRIOR_SHAPES
 from .heads import HEADS, parse_head
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS
@@ -119,7 +119,8 @@ class LatentSpec:
     parents: tuple[str, ...] = ()
     #: that network (only with parents)
     net: NetSpec = field(default_factory=NetSpec)
-    #: without parents: fixed (standard) or learned prior parameters
+    #: without parents: fixed (standard) or learned prior parameters, or a shaped prior of a 2-D normal latent
+    #: (a key of ppl_vae.families.PRIOR_SHAPES: mixture_circle, swiss_roll)
     prior: str = "fixed"
     #: relaxed_categorical only: the Gumbel-softmax temperature; null: 0.5
     temperature: float | None = None
@@ -140,8 +141,10 @@ class LatentSpec:
         _positive_int(owner, "dim", self.dim)
         if self.family in CATEGORICAL_FAMILIES and self.dim < 2:
             raise SpecError(f"{owner}: a {self.family} latent needs dim >= 2 categories, got {self.dim}")
-        if self.prior not in PRIORS:
-            raise SpecError(f"{owner}: prior must be one of {list(PRIORS)}, got {self.prior!r}")
+        if self.prior not in PRIORS and self.prior not in PRIOR_SHAPES:
+            raise SpecError(f"{owner}: prior must be one of {list(PRIORS) + sorted(PRIOR_SHAPES)}, got {self.prior!r}")
+        if self.prior in PRIOR_SHAPES:
+            self._check_shaped_prior(owner)
         if self.prior == "learned" and self.parents:
             raise SpecError(f"{owner}: prior: learned applies to a latent without parents; its network already learns p({self.name}|parents)")
         if self.temperature is not None:
@@ -158,6 +161,14 @@ class LatentSpec:
                 raise SpecError(f"{owner}: observed_when_given needs a categorical family, got {self.family!r}")
         if self.enumerate and not FAMILIES[self.family].discrete:
             raise SpecError(f"{owner}: only discrete latents can be enumerated, got family {self.family!r}")
+
+    def _check_shaped_prior(self, owner: str) -> None:
+        shape = PRIOR_SHAPES[self.prior]
+        if self.family != "normal" or self.parents or self.dim != shape.dim:
+            raise SpecError(
+                f"{owner}: prior {self.prior!r} is a fixed prior over a {shape.dim}-D real latent: it needs family normal, "
+                f"dim {shape.dim} and no parents, got family {self.family!r}, dim {self.dim}, parents {list(self.parents)}"
+            )
 
     @property
     def gumbel_temperature(self) -> float:

@@ -8,6 +8,7 @@ single-process run of the same thing (:func:`fit_categorical`, :func:`evaluate_v
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
 from pathlib import Path
@@ -107,6 +108,7 @@ def scenarios(rank: int, out: Path) -> None:
     results["vae_stopped_resumed"] = fit_vae(out / "stopped", 4, resume=True)
     if rank == 0:
         torch.save(results, out / "results.pt")
+    (out / f"rank{rank}.done").touch()  # everything compared was computed; what follows is the teardown
 
 
 def _free_port() -> int:
@@ -121,6 +123,7 @@ def _rank_main(rank: int, size: int, port: int, out: str, target: str) -> None:
         OMP_NUM_THREADS="1",
     )
     torch.set_num_threads(1)
+    faulthandler.enable()  # a rank that aborts (SIGABRT from C++) prints where it was
     pyro.enable_validation(True)
     try:
         globals()[target](rank, Path(out))
@@ -133,4 +136,11 @@ def run_world(size: int, out: Path, target: str = "scenarios") -> None:
     """Run ``target(rank, out)`` in ``size`` processes that form one ``gloo`` group; raises if any fails."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_rank_main, args=(size, _free_port(), str(out), target), nprocs=size, start_method="spawn")
+    try:
+        mp.start_processes(_rank_main, args=(size, _free_port(), str(out), target), nprocs=size, start_method="spawn")
+    except mp.ProcessExitedException:
+        # On a loaded machine a gloo process has (rarely: twice in some 80 runs here) aborted with "terminate
+        # called without an active exception". Accepted only when every rank had finished its work; an abort
+        # before that is a failure. faulthandler (above) prints where a rank was when it aborted.
+        if not all((out / f"rank{r}.done").exists() for r in range(size)):
+            raise

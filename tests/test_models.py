@@ -26,11 +26,17 @@ MODEL_EXAMPLES = {
         latents=(LatentSpec("z", dim=3),), observed=ObservedSpec(likelihood=likelihood, net=NetSpec(hidden_dims=(7,)))
     ),
     "python": lambda likelihood: PythonTarget("tests.user_models:LikelihoodVAE", {"likelihood": likelihood}),
+    "vqvae": lambda likelihood: MODELS["vqvae"].config_cls(
+        num_codes=4, code_dim=3, encoder="mlp", num_latents=1, hidden_dims=(7,), likelihood=likelihood
+    ),
 }
+#: the shape of z for a batch of 5 where it is not (5, 3): a VQ-VAE's z is a set of code vectors
+Z_SHAPES = {"vqvae": (5, 1, 3)}
 GUIDE_EXAMPLES = {
     "amortized": ("vae", lambda: GUIDES["amortized"].config_cls(hidden_dims=(6,))),
     "spec": ("spec", lambda: GuideSpec((GuideFactorSpec("z", net=NetSpec(hidden_dims=(6,))),))),
     "python": ("python", lambda: PythonTarget("tests.user_models:LinearGuide")),
+    "vqvae": ("vqvae", lambda: GUIDES["vqvae"].config_cls()),
 }
 
 
@@ -55,7 +61,7 @@ def test_model_trace_shapes(model_name, likelihood, x_shape):
     x = _data(x_shape)
     trace = poutine.trace(model).get_trace(x)
     trace.compute_log_prob()
-    assert trace.nodes["z"]["value"].shape == (5, 3)
+    assert trace.nodes["z"]["value"].shape == Z_SHAPES.get(model_name, (5, 3))
     assert trace.nodes["x"]["is_observed"]
     assert trace.nodes["x"]["fn"].event_shape == x_shape
     assert trace.nodes["x"]["log_prob"].shape == (5,)
@@ -77,7 +83,10 @@ def test_guide_pairs_with_model(guide_name, x_shape):
     guide_trace = poutine.trace(guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
     latent_sites = {n for n, s in model_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != "data"}
-    guide_sites = {n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n != "data"}
+    # penalty sites (add_penalty: auxiliary factors, e.g. a VQ-VAE's codebook term) are not latents
+    guide_sites = {
+        n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n != "data" and not s["infer"].get("is_auxiliary")
+    }
     assert latent_sites == guide_sites == {"z"}
     assert torch.equal(model_trace.nodes["z"]["value"], guide_trace.nodes["z"]["value"])
     assert guide_trace.nodes["z"]["fn"].event_shape == model_trace.nodes["z"]["fn"].event_shape

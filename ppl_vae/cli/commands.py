@@ -9,12 +9,15 @@ from pathlib import Path
 
 from ..errors import FitInterrupted, PplVaeError
 
+from .adversarial import adversarial_figures, evaluate_adversarial, is_adversarial
 from .files import _check_writable, _discard_unstarted, _new_run, _open_run, _writing
+from .vqvae import codebook_figures, evaluate_vqvae, is_vqvae_run, sample_note
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..experiment import fit_experiment, resume_experiment
+    from ..explore.denoising import plot_denoising
     from ..plots import plot_learning_curves
 
     if args.resume:
@@ -48,6 +51,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if not args.no_figures:
         with _writing(run.path):
             for path in write_sample_figures(exp, run.path / "samples.png"):
+                print(f"saved {path}")
+            if (path := plot_denoising(exp, run.path / "denoising.png")) is not None:
+                print(f"saved {path}")
+            for path in codebook_figures(exp, run.path):  # a VQ-VAE's codebook usage
+                print(f"saved {path}")
+            for path in adversarial_figures(exp, run.path):  # an adversarial autoencoder's q(z) over p(z)
                 print(f"saved {path}")
             metrics = run.read_metrics()
             if metrics:
@@ -103,6 +112,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if world.is_main:
         _check_writable(run.path)
     exp = load_run(run, data_dir=args.data_dir, device=args.device)
+    if is_adversarial(exp):  # reconstruction and the MMD between q(z) and p(z) instead of log p(x)
+        return evaluate_adversarial(args, run, exp, world)
+    if is_vqvae_run(exp):  # a point-mass guide: reconstruction, perplexity and dead codes instead of log p(x)
+        return evaluate_vqvae(args, run, exp, world)
     config = exp.config.eval if args.num_samples is None else replace(exp.config.eval, num_samples=args.num_samples)
     x = getattr(exp.data, f"x_{args.split}")[: args.max_points]
     labels = getattr(exp.data, f"y_{args.split}")
@@ -112,9 +125,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not world.is_main:
         return 0
     out = {"split": args.split, **result.as_dict(), "seconds": round(time.perf_counter() - t0, 2)}
-    print(f"{args.split} set, {result.num_points} points, K={result.num_samples}:")
-    print(f"  ELBO                   {result.elbo:10.3f} +- {result.elbo_stderr:.3f} nats")
-    print(f"  log p(x) (importance)  {result.log_likelihood:10.3f} +- {result.log_likelihood_stderr:.3f} nats")
+    if result.reconstruction is not None:
+        _print_reconstruction(args.split, result)
+    else:
+        print(f"{args.split} set, {result.num_points} points, K={result.num_samples}:")
+        print(f"  ELBO                   {result.elbo:10.3f} +- {result.elbo_stderr:.3f} nats")
+        print(f"  log p(x) (importance)  {result.log_likelihood:10.3f} +- {result.log_likelihood_stderr:.3f} nats")
     if capability(exp.guide, Classifier) is not None and labels is not None and args.split != "train":
         out["accuracy"] = classification_accuracy(exp.guide, x, labels)
         print(f"  classification error   {100 * (1 - out['accuracy']):9.2f} %  (argmax of q(y|x))")
@@ -124,11 +140,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_reconstruction(split: str, result) -> None:
+    """A point-mass guide's evaluation: the bound at the code and the reconstruction error, no log p(x)."""
+    from ..inference.reconstruction import POINT_MASS_REASON
+
+    rec = result.reconstruction
+    print(f"({POINT_MASS_REASON})")
+    print(f"{split} set, {result.num_points} points:")
+    print(f"  log p(x|f(x)) + log p(f(x))  {result.elbo:10.3f} +- {result.elbo_stderr:.3f} nats")
+    if rec.bce is not None:
+        print(f"  reconstruction BCE           {rec.bce:10.3f} +- {rec.bce_stderr:.3f} nats/image")
+    print(f"  reconstruction MSE           {rec.mse:10.5f} +- {rec.mse_stderr:.5f} per pixel")
+
+
 def write_sample_figures(exp, out: Path, num_samples: int = 64, seed: int = 0) -> list[Path]:
     """The run's figures beside ``out`` (see :func:`ppl_vae.plots.run_figures`); prints why any were skipped."""
     from ..plots import run_figures
 
     figures = run_figures(exp, out, num_samples, seed)
+    note = sample_note(exp)
+    if note:
+        print(f"samples: {note}")
     for reason in figures.skipped:
         print(f"(skipped: {reason})")
     return figures.paths
@@ -168,6 +200,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     n_model = sum(p.numel() for p in exp.model.parameters())
     n_guide = sum(p.numel() for p in exp.guide.parameters())
     print(f"parameters: model {n_model:,}, guide {n_guide:,}\n")
+    if is_adversarial(exp):
+        print("objective: adversarial autoencoder (the adversarial: section replaces the estimator in training)\n")
     print(describe(exp.model, exp.guide, x, y))
     print("\nEstimators (what fit would accept):")
     for name, refusal in estimator_report(exp.model, exp.guide, x[:2], None if y is None else y[:2]).items():

@@ -15,7 +15,10 @@ from ..programs import FunctionProgram, PythonTarget, build_target, seeded
 from ..schema import documented
 from ..spec import GuideSpec
 from .amortized import AmortizedGuide, AmortizedGuideConfig, LatentSite, latent_sites
+from .corruption import CorruptedGuide, CorruptionConfig
+from .penalties import ContractiveConfig, SparsityConfig
 from .spec_guide import SpecGuide
+from ..models.vqvae import VQVAEGuide, VQVAEGuideConfig
 
 
 @documented
@@ -45,6 +48,7 @@ GUIDES: dict[str, GuideEntry] = {
     "amortized": GuideEntry(AmortizedGuideConfig, _amortized, AmortizedGuide, lambda g: g.config),
     "spec": GuideEntry(GuideSpec, lambda model, spec, x, y: SpecGuide.for_model(model, spec), SpecGuide, lambda g: g.spec),
     "python": GuideEntry(PythonTarget, _python_guide),
+    "vqvae": GuideEntry(VQVAEGuideConfig, lambda model, config, x, y: VQVAEGuide(model, config), VQVAEGuide, lambda g: g.config),
 }
 
 #: guide names of earlier versions, and what replaced them
@@ -102,6 +106,10 @@ __all__ = [
     "AmortizedGuideConfig",
     "LatentSite",
     "SpecGuide",
+    "CorruptedGuide",
+    "CorruptionConfig",
+    "SparsityConfig",
+    "ContractiveConfig",
     "example_batch",
     "latent_sites",
     "make_guide",

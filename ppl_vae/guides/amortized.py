@@ -12,6 +12,10 @@ sites with a constrained continuous support (positive, an interval) get that hea
 ``biject_to(support)``, as Pyro's autoguides do; discrete sites get a head of their own family
 (Bernoulli, categorical, one-hot or relaxed categorical). Sites that the model enumerates are left
 to the model.
+
+With ``head: delta`` the encoder is deterministic (a MAP autoencoder); the options ``corruption`` (denoising,
+:mod:`ppl_vae.guides.corruption`), ``sparsity`` and ``contractive`` (:mod:`ppl_vae.guides.penalties`) make it
+the denoising, sparse and contractive autoencoders (with a stochastic head, ``corruption`` gives the denoising VAE).
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import ReshapeTransform
 
 from ..compat import site_is_subsample
-from ..contract import DATA_PLATE
+from ..contract import DATA_PLATE, add_penalty
 from ..errors import ConfigError
 from ..families import FAMILIES, MIN_SCALE
 from ..heads import HEADS, make_head, parse_head
 from ..nets import ACTIVATIONS, Trunk
 from ..schema import NON_NEGATIVE, SIZES, check_fields, documented, one_of
+from .corruption import CorruptionConfig, corrupt
+from .penalties import ContractiveConfig, SparsityConfig, contractive_penalty, sparsity_penalty
 
 __all__ = ["AmortizedGuide", "AmortizedGuideConfig", "LatentSite", "latent_sites"]
 
@@ -53,6 +59,12 @@ class AmortizedGuideConfig:
     head: str = "normal"
     #: floor added to the softplus of every scale
     min_scale: float = MIN_SCALE
+    #: denoising: corrupt the encoder's input in training, e.g. {kind: masking, rate: 0.3}; None: clean input
+    corruption: CorruptionConfig | None = None
+    #: sparse autoencoder: a penalty on the real-valued codes, e.g. {kind: kl, weight: 0.1, target: 0.05}
+    sparsity: SparsityConfig | None = None
+    #: contractive autoencoder (head: delta): {weight: ...} times the squared Frobenius norm of dz/dx
+    contractive: ContractiveConfig | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "guide", hidden_dims=SIZES, activation=one_of(ACTIVATIONS), min_scale=NON_NEGATIVE)
@@ -62,6 +74,8 @@ class AmortizedGuideConfig:
             raise ValueError(f"guide.head: {err}") from None
         if not HEADS[name].real:
             raise ValueError(f"guide.head must be a head for real-valued latents, got {self.head!r}")
+        if self.contractive is not None and name != "delta":
+            raise ValueError(f"guide.contractive needs head: delta (the Jacobian of a deterministic code), got head {self.head!r}")
 
 
 @documented
@@ -176,6 +190,11 @@ class AmortizedGuide(PyroModule):
             head = config.head if family.real_support else site.family
             self.heads[site.name] = make_head(head, self.trunk.out_dim, site.dim, site.temperature, config.min_scale)
 
+    @property
+    def corruption(self) -> CorruptionConfig | None:
+        """The corruption of the encoder's input in training (:class:`~ppl_vae.guides.corruption.Corrupts`)."""
+        return self.config.corruption
+
     def site_dist(self, site: LatentSite, context: torch.Tensor) -> dist.TorchDistribution:
         """q(v | x) for one latent site, given the encoder's output."""
         q = self.heads[site.name](context)
@@ -201,9 +220,25 @@ class AmortizedGuide(PyroModule):
         return self.site_dist(site, self.context(x))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
-        context = self.context(x)
+        # denoising: in training the encoder sees a corrupted x (the model still scores the clean one)
+        x_in = corrupt(x, self.config.corruption) if self.training else x
+        context = self.context(x_in)
         values = {}
         with pyro.plate(DATA_PLATE, x.shape[0]):
             for site in self.sites:
                 values[site.name] = pyro.sample(site.name, self.site_dist(site, context))
+            if self.training:
+                self._add_penalties(x_in, values)
         return values
+
+    def _add_penalties(self, x: torch.Tensor, values: dict) -> None:
+        """The sparsity and contractive penalties of the config (see :mod:`ppl_vae.guides.penalties`)."""
+        real = [s for s in self.sites if FAMILIES[s.family].real_support]
+        if self.config.sparsity is not None and real:
+            # (..., B, *event) -> (..., B, dim)
+            codes = [values[s.name].reshape(*values[s.name].shape[: values[s.name].dim() - len(s.event_shape)], -1) for s in real]
+            add_penalty("sparsity", sum(sparsity_penalty(c, self.config.sparsity) for c in codes))
+        if self.config.contractive is not None and real:
+            flat = x.reshape(*x.shape[: x.dim() - len(self.x_shape)], -1)
+            terms = [contractive_penalty(self.trunk, self.heads[s.name].linear, flat, self.config.contractive) for s in real]
+            add_penalty("contractive", sum(terms))

@@ -29,7 +29,7 @@ References
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pyro
 import torch
@@ -40,6 +40,7 @@ from ..errors import DataError
 from ..programs import as_modules, seeded
 from ..schema import POSITIVE_INT, check_fields, documented
 from .distributed import current_world, gather_objects
+from .reconstruction import ReconstructionResult, point_mass_sites, reconstruction_error
 from .tracing import broadcasts_particles, per_datum, sample_traces, weight_sites
 from .tracing import max_plate_nesting as max_plate_nesting_of
 
@@ -89,6 +90,9 @@ class EvalResult:
     num_samples: int
     #: data points evaluated
     num_points: int
+    #: a point-mass guide (head: delta): the reconstruction error, and log_likelihood is nan
+    #: (see ppl_vae.inference.reconstruction)
+    reconstruction: ReconstructionResult | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -211,6 +215,10 @@ def evaluate(
     (:mod:`ppl_vae.inference.distributed`), the batches are shared out among the ranks and every rank
     returns the result over all points, the same as one process computes.
 
+    A guide with a point-mass latent site (a deterministic encoder, ``head: delta``) has no log p(x) to estimate:
+    its ``log_likelihood`` is NaN, its ELBO is the bound at the code (K = 1: every sample is the same), and
+    ``reconstruction`` holds the reconstruction error (:mod:`ppl_vae.inference.reconstruction`).
+
     :param model: a Pyro model, a function or a module (see :mod:`ppl_vae.contract`).
     :param torch.Tensor x: data ``(N, *x_shape)`` on the model's device.
     :param EvalConfig config: K, batch size, memory budget and seed.
@@ -219,6 +227,10 @@ def evaluate(
     if x.shape[0] == 0:
         raise DataError("cannot evaluate on an empty data set")
     model, guide = as_modules(model, guide)
+    with eval_mode(model, guide):
+        point_mass = bool(point_mass_sites(guide, x[:2], None if y is None else y[:2]))
+    if point_mass:  # every sample of a point mass is the same one, and log p(x) means nothing for it
+        config = replace(config, num_samples=1)
     chunk = max(1, min(config.num_samples, config.max_rows // min(config.batch_size, x.shape[0])))
     world = current_world()
     # Batch b is seeded by (seed, b), so its numbers do not depend on which process evaluates it.
@@ -239,11 +251,16 @@ def evaluate(
     def stderr(v: torch.Tensor) -> float:
         return float(v.std() / math.sqrt(n)) if n > 1 else float("nan")
 
+    recon = None
+    if point_mass:
+        with eval_mode(model, guide):
+            recon = reconstruction_error(model, guide, x, y, config.batch_size)
     return EvalResult(
         elbo=float(elbo.mean()),
         elbo_stderr=stderr(elbo),
-        log_likelihood=float(ll.mean()),
-        log_likelihood_stderr=stderr(ll),
+        log_likelihood=float("nan") if point_mass else float(ll.mean()),
+        log_likelihood_stderr=float("nan") if point_mass else stderr(ll),
         num_samples=config.num_samples,
         num_points=n,
+        reconstruction=recon,
     )

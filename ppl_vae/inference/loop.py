@@ -23,7 +23,7 @@ from pyro import poutine
 from pyro.infer import ELBO
 from tqdm.auto import tqdm
 
-from ..contract import Classifier, capability
+from ..contract import Classifier, ReportsTerms, capability, estimator_chain
 from ..data import Dataset
 from ..errors import ConfigError, FitInterrupted, NonFiniteLossError
 from ..runs import RunDir, capture_rng_state, restore_rng_state
@@ -228,7 +228,7 @@ class Stepper:
                 # A NaN loss gets a clear error below; Pyro's own warning would only repeat it.
                 warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
                 loss = float(state.estimator.loss_and_grads(state.model, state.guide, xb, yb))
-            self.terms = recorder.means()
+            self.terms = {**recorder.means(), **_estimator_terms(state.estimator)}
             return loss
         except ValueError as err:
             # Pyro's validation rejects non-finite distribution parameters before a loss exists.
@@ -245,6 +245,16 @@ class Stepper:
         )
 
 
+def _estimator_terms(estimator: ELBO) -> dict[str, float]:
+    """The named terms of the last step that estimators in the chain report themselves (:class:`ReportsTerms`)."""
+    terms: dict[str, float] = {}
+    for e in estimator_chain(estimator):
+        reports = capability(e, ReportsTerms)
+        if reports is not None:
+            terms.update(reports.last_terms)
+    return terms
+
+
 def _epoch_metrics(state: TrainingState, data: Dataset, train: TrainConfig, epoch: int, position: Position, seconds: float) -> dict:
     metrics = {
         "epoch": epoch + 1,
@@ -257,7 +267,7 @@ def _epoch_metrics(state: TrainingState, data: Dataset, train: TrainConfig, epoc
         val_config = EvalConfig(num_samples=train.val_num_samples, batch_size=max(train.batch_size, 100), seed=train.seed + epoch)
         val = evaluate(state.model, state.guide, data.x_val, conditioning_labels(state.model, data.y_val), val_config)
         metrics["val_elbo"], metrics["val_elbo_stderr"] = val.elbo, val.elbo_stderr
-        if train.val_num_samples > 1:
+        if train.val_num_samples > 1 and val.reconstruction is None:  # a point-mass guide has no log p(x)
             metrics["val_log_likelihood"] = val.log_likelihood
     if capability(state.guide, Classifier) is not None:
         for split in ("val", "test"):

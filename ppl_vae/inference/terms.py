@@ -22,27 +22,12 @@ only when they compile, so they report no terms.
 
 from __future__ import annotations
 
-import pyro
-import pyro.distributions as dist
-import torch
 from pyro.poutine.messenger import Messenger
 
+# add_penalty lives in the contract (layer 2), so the guides and models that call it need not import inference.
+from ..contract import TERM_FLAG, add_penalty
+
 __all__ = ["add_penalty", "TermRecorder", "TERM_FLAG"]
-
-#: the ``infer`` key that marks a penalty site
-TERM_FLAG = "loss_term"
-
-
-def add_penalty(name: str, value: torch.Tensor) -> torch.Tensor:
-    """Add ``value`` (nats; one per data point inside the data plate) to the training loss. Call it in the guide.
-
-    :raises ValueError: for a value that is not a floating-point tensor.
-    """
-    if not torch.is_tensor(value) or not value.is_floating_point():
-        raise ValueError(f"penalty {name!r} must be a floating-point tensor, got {type(value).__name__}")
-    unit = dist.Unit(value, has_rsample=True)
-    pyro.sample(name, unit, obs=unit.sample(), infer={"is_auxiliary": True, TERM_FLAG: True})
-    return value
 
 
 class TermRecorder(Messenger):

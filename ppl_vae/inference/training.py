@@ -4,6 +4,11 @@
 a KL schedule's step), the parameters they own, and the optimizer and scheduler over them. Its
 ``state_dict`` is what a checkpoint stores besides the position in the run and the RNG states.
 
+A module of the estimator's state marked :class:`~ppl_vae.contract.TrainedByObjective` (an adversarial
+autoencoder's discriminator, :mod:`ppl_vae.inference.adversarial`) is a second player: the objective steps
+it with its own optimizer, so the optimizer here leaves its parameters out. It is still moved to the device
+and checkpointed with the estimator's state, its optimizer state included (its ``get_extra_state``).
+
 Every parameter is a module parameter: a ``PyroModule`` owns its own, and a model or guide written
 as a function is wrapped in a :class:`~ppl_vae.programs.FunctionProgram` that owns what it registers
 with ``pyro.module`` and ``pyro.param``. :meth:`TrainingState.create` runs the model and guide once
@@ -21,7 +26,7 @@ from pyro.infer import ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 from torch import nn
 
-from ..contract import HasTrainableState, capability
+from ..contract import HasTrainableState, TrainedByObjective, capability
 from ..errors import CheckpointError, ConfigError
 from ..schema import (
     BOOL,
@@ -197,6 +202,12 @@ def _unique(modules: list[nn.Module]) -> list[nn.Parameter]:
     return out
 
 
+def _trained_by_objective(module: nn.Module) -> bool:
+    """Whether the objective steps this module's parameters itself (see :class:`~ppl_vae.contract.TrainedByObjective`)."""
+    marked = capability(module, TrainedByObjective)
+    return marked is not None and bool(marked.trained_by_objective)
+
+
 def _refuse_stray_params(owned: set[int]) -> None:
     """A module that calls a bare ``pyro.param`` keeps that parameter only in the global param store."""
     stray = [name for name, value in pyro.get_param_store().named_parameters() if id(value) not in owned]
@@ -228,7 +239,10 @@ class TrainingState:
         modules = [m for m in (model, guide, estimator_state) if m is not None]
         params = _unique(modules)
         _refuse_stray_params({id(p) for p in params})
-        optimizer = make_optimizer(params, optim)
+        # A second player (an adversarial discriminator) is stepped by the objective, with its own optimizer.
+        players = [m for m in (estimator_state.modules() if estimator_state is not None else ()) if _trained_by_objective(m)]
+        own = {id(p) for m in players for p in m.parameters()}
+        optimizer = make_optimizer([p for p in params if id(p) not in own], optim)
         return cls(model, guide, estimator, estimator_state, optimizer, make_scheduler(optimizer, optim, epochs))
 
     @property

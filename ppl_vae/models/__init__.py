@@ -13,6 +13,7 @@ from ..schema import documented
 from ..spec import ModelSpec
 from .spec_model import SpecModel
 from .vae import VAE, VAEConfig
+from .vqvae import VQVAE, VQVAEConfig
 
 
 @documented
@@ -36,6 +37,7 @@ MODELS: dict[str, ModelEntry] = {
     "vae": ModelEntry(VAEConfig, lambda x_shape, config: VAE(x_shape, config), VAE, lambda m: m.config),
     "spec": ModelEntry(ModelSpec, lambda x_shape, spec: SpecModel(x_shape, spec), SpecModel, lambda m: m.spec),
     "python": ModelEntry(PythonTarget, _python_model),
+    "vqvae": ModelEntry(VQVAEConfig, lambda x_shape, config: VQVAE(x_shape, config), VQVAE, lambda m: m.config),
 }
 
 
@@ -51,4 +53,4 @@ def make_model(name: str, x_shape: tuple[int, ...], config: Any = None, *, seed:
         return entry.build(tuple(x_shape), config if config is not None else entry.config_cls())
 
 
-__all__ = ["MODELS", "ModelEntry", "SpecModel", "VAE", "VAEConfig", "make_model"]
+__all__ = ["MODELS", "ModelEntry", "SpecModel", "VAE", "VAEConfig", "VQVAE", "VQVAEConfig", "make_model"]

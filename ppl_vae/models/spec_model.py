@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..contract import DATA_PLATE, DATA_SITE
-from ..families import FAMILIES
+from ..families import FAMILIES, PRIOR_SHAPES, shaped_prior
 from ..likelihoods import make_likelihood
 from ..nets import MLP, ConvDecoder
 from ..spec import LatentSpec, ModelSpec, SpecError, model_order
@@ -148,6 +148,8 @@ class SpecModel(PyroModule):
             params = self.prior_params[name]
         else:
             params = getattr(self, f"prior_{name}")
+            if v.prior in PRIOR_SHAPES:
+                return shaped_prior(v.prior, params)  # a fixed shaped prior: the buffer gives device and dtype
         if observed and v.family == "relaxed_categorical":
             # A relaxed sample never hits a vertex of the simplex; an observed one-hot label is scored exactly.
             return dist.OneHotCategorical(logits=params)
