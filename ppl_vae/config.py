@@ -14,6 +14,8 @@ A config file has one section per component::
     adversarial: AdversarialConfig (ppl_vae.inference.adversarial: an adversarial autoencoder; present = enabled)
     m1:        a nested config (model, guide, estimator, optim, train, ...) of an M1 VAE trained
                first; the main model then trains on its latent codes (M1+M2, ppl_vae.stages)
+    stack:     StackConfig       (ppl_vae.stacked: a stacked autoencoder, trained layer by layer, then
+               fine-tuned; it sets model and guide, which the config then leaves out)
     run:       RunConfig         (below)
 
 ``model``, ``guide`` and ``estimator`` are chosen by ``name`` from their registry, and the section's
@@ -47,6 +49,7 @@ from .inference.training import OptimConfig, TrainConfig
 from .models import MODELS
 from .schema import as_mapping, documented, parse_dataclass
 from .spec import RENAMED, SpecError, check_guide, default_guide
+from .stacked import StackConfig, deep_guide_config, deep_model_config
 
 __all__ = [
     "ComponentConfig",
@@ -115,6 +118,8 @@ class ExperimentConfig:
     adversarial: AdversarialConfig | None = None
     #: M1+M2: the M1 stage, trained first on the same data
     m1: "ExperimentConfig | None" = None
+    #: a stacked autoencoder: its layers and stages (None: off); model and guide follow from it
+    stack: StackConfig | None = None
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
@@ -128,6 +133,11 @@ class ExperimentConfig:
                 f"a vqvae model and the vqvae guide (its deterministic quantiser) go together: got model "
                 f"{self.model.name!r} with guide {self.guide.name!r}; set model.name and guide.name both to vqvae"
             )
+        if self.stack is not None:
+            clashes = [name for name, on in (("m1", self.m1 is not None), ("adversarial", self.adversarial is not None),
+                                             ("semi_supervised", self.semi_supervised.enabled)) if on]
+            if clashes:
+                raise ConfigError(f"a stack: config (a stacked autoencoder) takes no {' or '.join(clashes)} section; remove it")
 
 
 _PLAIN_SECTIONS = {
@@ -142,10 +152,10 @@ _PLAIN_SECTIONS = {
 }
 _REGISTRY_SECTIONS = {"model": MODELS, "guide": GUIDES}
 SECTIONS = (
-    "data", "model", "guide", "estimator", "kl_weighting", "semi_supervised", "adversarial", "m1", "optim", "train", "eval", "run",
+    "data", "model", "guide", "estimator", "kl_weighting", "semi_supervised", "adversarial", "m1", "stack", "optim", "train", "eval", "run",
 )
 #: sections an ``m1:`` stage may not have: it shares the data, and is itself unsupervised
-_NOT_IN_M1 = ("data", "semi_supervised", "m1", "run")
+_NOT_IN_M1 = ("data", "semi_supervised", "m1", "stack", "run")
 
 
 def _mapping(section: str, raw: Any) -> dict:
@@ -188,6 +198,16 @@ def _parse_m1(raw: Any) -> "ExperimentConfig":
         raise ConfigError(f"in section m1: {err}") from None
 
 
+def _parse_stack(raw: dict) -> dict[str, Any]:
+    """The ``stack`` section, and the deep model and guide that follow from it."""
+    for key in ("model", "guide"):
+        if raw.get(key) is not None:
+            raise ConfigError(f"a stack: config derives {key} from stack.layers (ppl_vae.stacked); remove the {key} section")
+    stack = parse_dataclass(StackConfig, raw["stack"], "stack")
+    return {"stack": stack, "model": ComponentConfig("vae", deep_model_config(stack)),
+            "guide": ComponentConfig("amortized", deep_guide_config(stack))}
+
+
 def _check_sections(raw: dict) -> None:
     for key in raw:
         if key not in SECTIONS:
@@ -214,6 +234,8 @@ def config_from_dict(raw: Any) -> ExperimentConfig:
         kwargs["estimator"] = _parse_estimator(raw["estimator"])
     if raw.get("m1") is not None:
         kwargs["m1"] = _parse_m1(raw["m1"])
+    if raw.get("stack") is not None:
+        kwargs.update(_parse_stack(raw))
     model = kwargs.get("model")
     if model is not None and model.name == "spec" and "guide" not in kwargs:
         kwargs["guide"] = ComponentConfig("spec", default_guide(model.config))
@@ -230,8 +252,10 @@ def config_to_dict(config: ExperimentConfig) -> dict:
     out: dict[str, Any] = {}
     for section in SECTIONS:
         value = getattr(config, section)
-        if section == "adversarial" and value is None:
+        if section in ("adversarial", "stack") and value is None:
             continue  # off: the section is absent
+        if section in ("model", "guide") and config.stack is not None:
+            continue  # they follow from the stack section
         if section == "m1":
             if value is not None:
                 out[section] = {k: v for k, v in config_to_dict(value).items() if k not in _NOT_IN_M1}

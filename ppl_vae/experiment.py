@@ -37,6 +37,7 @@ from .models import make_model
 from .programs import seeded
 from .runs import RunDir
 from .schema import documented
+from .stacked import init_from_stages, stage_dir, train_stages
 from .stages import m1_features, stage_config, stage_run
 
 __all__ = [
@@ -160,6 +161,15 @@ def _train_stage(config: ExperimentConfig, run_dir: RunDir | None, data_dir, res
     return m1
 
 
+def _train_stack(config: ExperimentConfig, run_dir: RunDir | None, data_dir, resume: bool):
+    """The layer-wise stages of a stacked config, in ``run_dir/stage_k`` (each resumed, or reloaded once done)."""
+    data = load_dataset(config.data, data_dir)  # a missing data set fails here, before anything is written
+    if run_dir is not None and env_world().is_main:
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        run_dir.write_config(config_to_dict(config))
+    return train_stages(config, data, run_dir, resume)
+
+
 def fit_experiment(
     config: ExperimentConfig,
     run_dir: RunDir | None = None,
@@ -171,14 +181,19 @@ def fit_experiment(
     """Build and train a config; a new run directory gets the resolved config once training can start.
 
     With ``resume``, continue from the checkpoint in ``run_dir`` instead of starting afresh. An
-    M1+M2 config trains its M1 stage first, in ``run_dir/m1`` (resumed or skipped once done).
+    M1+M2 config trains its M1 stage first, in ``run_dir/m1`` (resumed or skipped once done); a stacked
+    config (``stack:``) its layer-wise stages, in ``run_dir/stage_k``, then fine-tunes the whole.
     """
     m1 = _train_stage(config, run_dir, data_dir, resume) if config.m1 is not None else None
+    stages = _train_stack(config, run_dir, data_dir, resume) if config.stack is not None else None
     exp = build_experiment(config, data_dir, run_dir=run_dir, m1=m1)
     ss = config.semi_supervised
+    resume = bool(resume and run_dir is not None and run_dir.has_checkpoint())
+    if stages is not None and not resume:
+        init_from_stages(exp.model, exp.guide, stages)  # fine-tuning starts from the stages' weights
     result = fit(
         exp.model, exp.guide, exp.data, estimator=training_estimator(config, exp.data), optim=config.optim,
-        train=config.train, run_dir=run_dir, resume=bool(resume and run_dir is not None and run_dir.has_checkpoint()),
+        train=config.train, run_dir=run_dir, resume=resume,
         callbacks=callbacks, labelled_per_batch=ss.labelled_per_batch if ss.enabled else None,
         run_config=config_to_dict(config),
     )
@@ -200,7 +215,7 @@ def resume_experiment(
     if config.run.hand_built_estimator or config.run.python_data:
         what = "data passed as a tensor" if config.run.python_data else f"a hand-built estimator ({config.run.hand_built_estimator})"
         raise ConfigError(f"{run_dir.path} was trained from Python with {what}; resume it from Python with fit(..., resume=True)")
-    stage = stage_run(run_dir) if config.m1 is not None else None
+    stage = stage_run(run_dir) if config.m1 is not None else stage_dir(run_dir, 0) if config.stack is not None else None
     if not run_dir.has_checkpoint() and not (stage is not None and stage.has_checkpoint()):
         raise CheckpointError(
             f"cannot resume {run_dir.path}: it has no checkpoint ({run_dir.CHECKPOINT} is missing), as a run killed "

@@ -193,6 +193,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         # The M2 stage's shapes only: an untrained M1 gives codes of the right size.
         print("(M1+M2: showing the M2 stage, on the codes of an untrained M1; ppl-vae fit trains both)")
         m1 = build_experiment(stage_config(config), args.data_dir)
+    if config.stack is not None:
+        print(f"(stacked autoencoder: {len(config.stack.layers)} layer-wise stages, codes of sizes {list(config.stack.layers)}, "
+              "then the deep model below, started from their weights and fine-tuned; ppl-vae fit trains all)")
     exp = build_experiment(config, args.data_dir, m1=m1)
     x, y = exp.data.head(4)
     print(f"{args.config}: model {config.model.name!r}, guide {config.guide.name!r}, data {config.data.name!r} "

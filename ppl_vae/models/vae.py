@@ -11,7 +11,7 @@ from pyro.nn import PyroModule
 
 from ..contract import DATA_PLATE, DATA_SITE
 from ..likelihoods import LIKELIHOODS, make_likelihood
-from ..nets import ACTIVATIONS, MLP
+from ..nets import ACTIVATIONS, MLP, activation
 from ..schema import (
     BOOL,
     POSITIVE,
@@ -42,11 +42,13 @@ class VAEConfig:
     x_scale: float = 0.1
     #: let a bernoulli likelihood see grey levels (improper; opt-in)
     allow_nonbinary: bool = False
+    #: apply the activation to z before the decoder (the inner stages of a stacked autoencoder, ppl_vae.stacked)
+    code_activation: bool = False
 
     def __post_init__(self) -> None:
         check_fields(
             self, "model", latent_dim=POSITIVE_INT, hidden_dims=SIZES, activation=one_of(ACTIVATIONS),
-            likelihood=one_of(LIKELIHOODS), x_scale=POSITIVE, allow_nonbinary=BOOL,
+            likelihood=one_of(LIKELIHOODS), x_scale=POSITIVE, allow_nonbinary=BOOL, code_activation=BOOL,
         )
 
 
@@ -79,6 +81,8 @@ class VAE(PyroModule):
             option_key="model.allow_nonbinary",
         )
         self.decoder = MLP(config.latent_dim, config.hidden_dims, self.likelihood.num_outputs, config.activation)
+        # parameter-free, so the state dict is that of a plain VAE
+        self.code_activation = activation(config.activation) if config.code_activation else torch.nn.Identity()
         # Buffers, so the prior follows the module across devices and dtypes.
         self.register_buffer("prior_loc", torch.zeros(config.latent_dim))
         self.register_buffer("prior_scale", torch.ones(config.latent_dim))
@@ -89,7 +93,7 @@ class VAE(PyroModule):
 
     def x_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
         """The likelihood p(x | z) for ``z`` of shape ``(..., latent_dim)``."""
-        return self.likelihood(self.decoder(z))
+        return self.likelihood(self.decoder(self.code_activation(z)))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
         """Score the batch ``x`` (shape ``(batch, *x_shape)``); the labels ``y`` are not used."""
