@@ -64,6 +64,8 @@ _EXPORTS = {
     "make_estimator": "ppl_vae.inference",
     "LIKELIHOODS": "ppl_vae.likelihoods",
     "make_likelihood": "ppl_vae.likelihoods",
+    "PixelCNNConfig": "ppl_vae.pixelcnn",
+    "PixelCNNDistribution": "ppl_vae.autoregressive",
     "MODELS": "ppl_vae.models",
     "VAE": "ppl_vae.models",
     "VAEConfig": "ppl_vae.models",

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .autoregressive import PixelCNNDistribution, image_shape_of
 from .families import MIN_SCALE, inverse_softplus
 from .nets import check_choice
+from .pixelcnn import GatedPixelCNN, PixelCNNConfig
 from .schema import POSITIVE, check_value
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "LearnedNormalLikelihood",
     "ContinuousBernoulliLikelihood",
     "Categorical256Likelihood",
+    "PixelCNNLikelihood",
     "make_likelihood",
 ]
 
@@ -46,6 +49,8 @@ class Likelihood(nn.Module):
     params_per_element: ClassVar[int] = 1
     #: whether the observations must be exactly 0 or 1
     requires_binary: ClassVar[bool] = False
+    #: what a pixel's value is in units of [0, 1] images (255 for grey levels 0..255), for figures
+    pixel_scale: float = 1.0
 
     def __init__(self, x_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -198,6 +203,7 @@ class Categorical256Likelihood(Likelihood):
 
     name = "categorical256"
     params_per_element = 256
+    pixel_scale = 255.0
 
     def observe(self, x: torch.Tensor) -> torch.Tensor:
         return torch.round(x * 255).long()
@@ -205,6 +211,71 @@ class Categorical256Likelihood(Likelihood):
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         logits = self._unflatten(out)
         return dist.Categorical(logits=logits).to_event(len(self.x_shape))
+
+
+def _check_binary(x: torch.Tensor, what: str, name: str) -> None:
+    if x.numel() and not bool(((x == 0) | (x == 1)).all()):
+        raise ValueError(
+            f"{name} likelihood needs binary {what} (0 or 1), but it holds grey levels; "
+            "binarize it (data.binarize: dynamic or static), or choose an output for grey levels"
+        )
+
+
+class PixelCNNLikelihood(Likelihood):
+    """x ~ PixelCNN(x | c = out): an autoregressive likelihood, prod_i p(x_i | x_<i, c), with a gated PixelCNN.
+
+    The decoder's output is the conditioning ``c``, not the pixels' parameters: a vector of
+    ``cond_dim`` numbers (``condition: vector``, added to every gate) or a map of ``cond_channels`` numbers
+    per pixel (``condition: spatial``, for a decoder that draws an image). Pixels are binary
+    (``output: bernoulli``) or grey levels 0..255 (``output: categorical256``; data in [0, 1] is
+    observed as ``round(255 x)``). The network's parameters belong to this module, so the model trains them.
+    See :mod:`ppl_vae.autoregressive` for what ``log_prob``, ``sample`` and ``mean`` do.
+
+    :param PixelCNNConfig config: the network. Defaults to ``PixelCNNConfig()``.
+
+    References
+
+    - van den Oord, A. et al. (2016). Conditional Image Generation with PixelCNN Decoders. NeurIPS.
+    - Gulrajani, I. et al. (2017). PixelVAE: A Latent Variable Model for Natural Images. ICLR.
+    """
+
+    name = "pixelcnn"
+
+    def __init__(self, x_shape: tuple[int, ...], config: PixelCNNConfig | None = None) -> None:
+        super().__init__(x_shape)
+        self.config = config or PixelCNNConfig()
+        self.image_shape = image_shape_of(self.x_shape)
+        self.net = GatedPixelCNN(1, self.config)
+        self.requires_binary = self.config.output == "bernoulli"  # type: ignore[misc]
+        self.pixel_scale = 255.0 if self.config.output == "categorical256" else 1.0
+        self.spatial = self.config.condition == "spatial"
+        # a decoder that draws a map gives cond_channels numbers per pixel
+        self.params_per_element = self.config.cond_channels if self.spatial else 1  # type: ignore[misc]
+
+    @property
+    def num_outputs(self) -> int:
+        return self.params_per_element * self.num_elements if self.spatial else self.config.cond_dim
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 255).long() if self.config.output == "categorical256" else x
+
+    def check_data(self, x: torch.Tensor, *, what: str = "data", binarized: bool = False) -> None:
+        super().check_data(x, what=what)
+        if self.requires_binary and not binarized:
+            _check_binary(x, what, "pixelcnn (output: bernoulli)")
+
+    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
+        if out.shape[-1] != self.num_outputs:
+            hint = "" if self.spatial else "; a decoder that draws an image (a conv net) needs pixelcnn.condition: spatial"
+            raise ValueError(
+                f"{self.name} likelihood expected decoder outputs of size {self.num_outputs}, got shape {tuple(out.shape)}{hint}"
+            )
+        cond = out
+        if self.spatial:
+            _, height, width = self.image_shape
+            # (..., H * W * P), pixel-major -> (..., P, H, W)
+            cond = out.reshape(*out.shape[:-1], height, width, self.params_per_element).movedim(-1, -3)
+        return PixelCNNDistribution(self.net, cond, self.x_shape)
 
 
 #: Registry of likelihoods, chosen by name (``model.likelihood`` in configs).
@@ -216,6 +287,7 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
         LearnedNormalLikelihood,
         ContinuousBernoulliLikelihood,
         Categorical256Likelihood,
+        PixelCNNLikelihood,
     )
 }
 
@@ -227,6 +299,7 @@ def make_likelihood(
     scale: float = 0.1,
     allow_nonbinary: bool = False,
     option_key: str = "allow_nonbinary",
+    pixelcnn: PixelCNNConfig | None = None,
 ) -> Likelihood:
     """Build a likelihood from the registry.
 
@@ -235,6 +308,7 @@ def make_likelihood(
     :param float scale: fixed (``normal``) or initial (``normal_learned``) scale.
     :param bool allow_nonbinary: let ``bernoulli`` accept grey levels.
     :param str option_key: the config key of ``allow_nonbinary`` for the model at hand, for error messages.
+    :param PixelCNNConfig pixelcnn: the network of a ``pixelcnn`` likelihood. Defaults to ``PixelCNNConfig()``.
     """
     check_choice("likelihood", name, LIKELIHOODS)
     cls = LIKELIHOODS[name]
@@ -242,4 +316,6 @@ def make_likelihood(
         return cls(x_shape, scale=scale)
     if cls is BernoulliLikelihood:
         return cls(x_shape, allow_nonbinary=allow_nonbinary, option_key=option_key)
+    if cls is PixelCNNLikelihood:
+        return cls(x_shape, pixelcnn)
     return cls(x_shape)

@@ -34,7 +34,7 @@ from .contract import (  # noqa: E402
     needs_labels,
 )
 from .inference.evaluate import eval_mode  # noqa: E402
-from .likelihoods import Categorical256Likelihood  # noqa: E402
+from .likelihoods import Likelihood  # noqa: E402
 from .programs import as_module, as_modules  # noqa: E402
 from .runs import atomic_write_bytes  # noqa: E402
 from .schema import documented
@@ -156,7 +156,7 @@ def reconstruct_images(model, guide, x: torch.Tensor, y: torch.Tensor | None = N
 
 def _pixel_scale(model) -> float:
     declared = capability(model, HasLikelihood)
-    return 255.0 if declared is not None and isinstance(declared.likelihood, Categorical256Likelihood) else 1.0
+    return declared.likelihood.pixel_scale if declared is not None and isinstance(declared.likelihood, Likelihood) else 1.0
 
 
 def plot_samples(

@@ -42,6 +42,7 @@ from .families import FAMILIES, PRIOR_SHAPES
 from .heads import HEADS, parse_head
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS
+from .pixelcnn import PixelCNNConfig
 from .schema import documented
 
 __all__ = [
@@ -214,9 +215,13 @@ class ObservedSpec:
     x_scale: float = 0.1
     #: let a bernoulli likelihood see grey levels (improper; opt-in)
     allow_nonbinary: bool = False
+    #: the network of a pixelcnn likelihood (ppl_vae.pixelcnn.PixelCNNConfig)
+    pixelcnn: PixelCNNConfig = field(default_factory=PixelCNNConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parents", tuple(self.parents))
+        if self.likelihood == "pixelcnn" and self.net.kind == "conv" and self.pixelcnn.condition != "spatial":
+            raise SpecError("observed variable 'x': a conv decoder draws a map; set pixelcnn.condition: spatial")
         if self.name != DATA_SITE:
             raise SpecError(f"observed variable {self.name!r}: the observed variable must be named {DATA_SITE!r}")
         if self.likelihood not in LIKELIHOODS:

@@ -58,7 +58,7 @@ class SpecModel(PyroModule):
         obs = spec.observed
         self.likelihood = make_likelihood(
             obs.likelihood, self.x_shape, scale=obs.x_scale, allow_nonbinary=obs.allow_nonbinary,
-            option_key="model.observed.allow_nonbinary",
+            option_key="model.observed.allow_nonbinary", pixelcnn=obs.pixelcnn,
         )
         self.nets = nn.ModuleDict()
         self.prior_params = nn.ParameterDict()

@@ -11,6 +11,10 @@ The pieces, and which object owns them:
   model's). It is built from the model (``guide.name: vqvae``), and reads every setting from the model's
   :class:`VQVAEConfig`; the guide has no settings of its own.
 
+Why a module and not a shipped spec: a spec's latents are families with their own parameters, and its guide
+heads are densities of the context; none can share a learned codebook between the model and the guide or give
+the straight-through value, so the spec cannot express VQ-VAE.
+
 Why this design. VQ-VAE's latent is a categorical code per position, and its guide is deterministic: a point
 mass at the nearest codes. Holding the quantised *vectors* at the latent site (rather than the code indices)
 keeps one site, ``z``, and lets the guide return the straight-through value: a ``Delta`` whose value equals
