@@ -16,7 +16,8 @@ Reported per model (test set, binarized as ``evaluate`` sees it):
   ``ppl-vae evaluate`` prints);
 - seconds per epoch (median of ``epoch_time_s``) and the plain VAE's, with their ratio.
 
-The VQ-VAE has no plain VAE with the same networks in the library (its decoder reads a grid of code vectors), so
+For the stacked autoencoder, the budget is ``--epochs`` per layer-wise stage and as many of fine-tuning; its
+s/epoch is the fine-tuning's (the whole deep autoencoder), and its plain VAE has the deep networks. The VQ-VAE has no plain VAE with the same networks in the library (its decoder reads a grid of code vectors), so
 its row has no ratio. The figures each run writes (reconstructions, codebook usage, q(z) against p(z), denoising
 grids) are copied next to the table in ``--out``.
 
@@ -52,15 +53,22 @@ CONFIGS = {
     "contractive_ae": "configs/contractive_ae_mnist.yaml",
     "aae": "configs/aae_mnist.yaml",
     "vqvae": "configs/vqvae_mnist.yaml",
+    "stacked_ae": "configs/stacked_ae_mnist.yaml",
 }
 FIGURES = ("reconstructions.png", "codebook_usage.png", "latent_vs_prior.png", "denoising.png")
 
 
 def plain_vae(raw: dict) -> dict | None:
     """The same networks trained as a plain VAE (Trace_ELBO, diagonal-Normal head); None for a VQ-VAE."""
-    if raw["model"]["name"] == "vqvae":
+    if raw.get("model", {}).get("name") == "vqvae":
         return None
     raw = copy.deepcopy(raw)
+    stack = raw.pop("stack", None)
+    if stack is not None:  # the deep autoencoder's networks: sigmoid layers of the stack's sizes
+        layers = list(stack["layers"])
+        nets = {"hidden_dims": layers[:-1], "activation": "sigmoid"}
+        raw["model"] = {"name": "vae", "latent_dim": layers[-1], "likelihood": stack.get("likelihood", "bernoulli"), **nets}
+        raw["guide"] = {"name": "amortized", **nets}
     for section in ("adversarial", "kl_weighting"):
         raw.pop(section, None)
     guide = raw["guide"]
@@ -72,6 +80,7 @@ def plain_vae(raw: dict) -> dict | None:
         for factor in guide.get("factors", []):
             factor["head"] = "normal"
     raw["estimator"] = {"name": "trace"}
+    raw["eval"] = {"num_samples": 1}  # the plain VAE is here for its time per epoch: its ELBO is enough
     return raw
 
 
@@ -89,6 +98,8 @@ def train_and_measure(raw: dict, name: str, args: argparse.Namespace, figures: b
     raw = copy.deepcopy(raw)
     raw["train"].update(epochs=args.epochs, device="cpu", progress=False, val_every=0)
     raw["data"]["num_train"] = args.num_train
+    if "stack" in raw:  # the same budget for every layer-wise stage as for the fine-tuning
+        raw["stack"].setdefault("stage", {})["epochs"] = args.epochs
     config = runs / f"{name}.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     shutil.rmtree(runs / name, ignore_errors=True)
