@@ -18,7 +18,7 @@ from torch import nn
 from .config import ExperimentConfig, config_from_dict, config_to_dict, override_config
 from .contract import needs_labels
 from .data import Dataset, load_dataset
-from .errors import CheckpointError, ConfigError, FitInterrupted, RunDirError
+from .errors import CheckpointError, ConfigError, RunDirError
 from .guides import make_guide
 from .inference.adversarial import Adversarial_ELBO
 from .inference.estimators import make_estimator
@@ -38,7 +38,7 @@ from .programs import seeded
 from .runs import RunDir
 from .schema import documented
 from .stacked import init_from_stages, stage_dir, train_stages
-from .stages import m1_features, stage_config, stage_run
+from .stages import m1_features, resumable_stage, stage_config, stage_run
 
 __all__ = [
     "Experiment",
@@ -148,15 +148,8 @@ def _train_stage(config: ExperimentConfig, run_dir: RunDir | None, data_dir, res
         run_dir.write_config(config_to_dict(config))
     m1_resume = bool(resume and m1_run is not None and m1_run.has_checkpoint())
     log.info("stage 1 of 2: M1, trained on the images%s", " (resumed)" if m1_resume else "")
-    try:
+    with resumable_stage(run_dir, "stage 1 (M1)"):
         m1, _ = fit_experiment(stage_config(config), m1_run, data_dir=data_dir, resume=m1_resume)
-    except FitInterrupted:
-        if run_dir is None:
-            raise
-        # The run to resume is the M1+M2 run, which goes on to stage 2; its m1/ folder alone would not.
-        raise FitInterrupted(
-            f"interrupted in stage 1 (M1); resume with: ppl-vae fit --resume {run_dir.path}", str(run_dir.path)
-        ) from None
     log.info("stage 2 of 2: M2, trained on M1's latent codes")
     return m1
 

@@ -46,7 +46,6 @@ import torch
 from torch import nn
 
 from .data import Dataset
-from .errors import FitInterrupted
 from .guides import make_guide
 from .guides.amortized import AmortizedGuideConfig
 from .guides.corruption import CorruptionConfig
@@ -61,6 +60,7 @@ from .models.vae import VAEConfig
 from .programs import seeded
 from .runs import RunDir
 from .schema import POSITIVE, POSITIVE_INT, SIZES, check_fields, documented, one_of, optional
+from .stages import resumable_stage
 
 __all__ = [
     "ACTIVATION",
@@ -214,16 +214,9 @@ def _fit_stage(config: Any, k: int, data: Dataset, run_dir: RunDir | None, resum
     resumed = bool(resume and run is not None and run.has_checkpoint())
     log.info("stage %d of %d: layer %d -> %d%s", k + 1, len(stack.layers) + 1, data.x_shape[-1], stack.layers[k],
              " (resumed)" if resumed else "")
-    try:
+    with resumable_stage(run_dir, f"stage {k + 1}"):
         result = fit(model, guide, data, estimator=_stage_estimator(config), optim=optim, train=train, run_dir=run,
                      resume=resumed, callbacks=callbacks)
-    except FitInterrupted:
-        if run_dir is None:
-            raise
-        # The run to resume is the stacked run, which goes on to the next stages; stage_k/ alone would not.
-        raise FitInterrupted(
-            f"interrupted in stage {k + 1}; resume with: ppl-vae fit --resume {run_dir.path}", str(run_dir.path)
-        ) from None
     return Stage(result.model.to("cpu"), result.guide.to("cpu"), data)
 
 

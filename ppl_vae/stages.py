@@ -13,12 +13,14 @@ References
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterator
 
 from torch import nn
 
 from .data import Dataset
+from .errors import FitInterrupted
 from .inference.semisup import latent_codes
 from .runs import RunDir
 
@@ -53,3 +55,15 @@ def m1_features(guide: nn.Module, m1_data: Dataset, data: Dataset) -> Dataset:
     codes["x_train"], spread = (t.cpu() for t in latent_codes(guide, m1_data.fixed_train_x(), with_stddev=True))
     dim = codes["x_train"].shape[1]
     return replace(data, **codes, train_noise=spread, binarize="none", image_shape=(1, 1, dim))
+
+
+@contextmanager
+def resumable_stage(run_dir: RunDir | None, what: str) -> Iterator[None]:
+    """Around the training of one stage of a staged run: an interruption names the whole run to resume, which
+    goes on to the next stages (the stage's own folder alone would not)."""
+    try:
+        yield
+    except FitInterrupted:
+        if run_dir is None:
+            raise
+        raise FitInterrupted(f"interrupted in {what}; resume with: ppl-vae fit --resume {run_dir.path}", str(run_dir.path)) from None
