@@ -139,8 +139,8 @@ def run_world(size: int, out: Path, target: str = "scenarios") -> None:
     try:
         mp.start_processes(_rank_main, args=(size, _free_port(), str(out), target), nprocs=size, start_method="spawn")
     except mp.ProcessExitedException:
-        # On a loaded machine a gloo process has (rarely: twice in some 80 runs here) aborted with "terminate
-        # called without an active exception". Accepted only when every rank had finished its work; an abort
-        # before that is a failure. faulthandler (above) prints where a rank was when it aborted.
+        # A gloo process has (rarely: twice in one session here, not reproduced in some 40 runs) aborted
+        # with "terminate called without an active exception". Accepted only when every rank had finished
+        # its work; an abort before that is a failure. faulthandler (above) prints where a rank was.
         if not all((out / f"rank{r}.done").exists() for r in range(size)):
             raise
