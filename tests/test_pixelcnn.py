@@ -224,3 +224,14 @@ def test_an_interrupted_and_resumed_fit_equals_an_uninterrupted_one(tmp_path):
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     assert [m["train_loss"] for m in run.read_metrics()] == pytest.approx([m["train_loss"] for m in full_run.read_metrics()], rel=1e-6)
+
+
+def test_the_vae_model_passes_its_pixelcnn_options_to_the_likelihood():
+    from ppl_vae import VAEConfig
+
+    def size(config):
+        model = make_model("vae", (1, 8, 8), VAEConfig(latent_dim=2, hidden_dims=(8,), likelihood="pixelcnn", pixelcnn=config))
+        return sum(p.numel() for p in model.likelihood.parameters())
+
+    assert size(PixelCNNConfig(num_layers=1, channels=8)) < size(PixelCNNConfig(num_layers=2, channels=8))
+    assert size(None) == size(PixelCNNConfig())

@@ -12,6 +12,7 @@ from pyro.nn import PyroModule
 from ..contract import DATA_PLATE, DATA_SITE
 from ..likelihoods import LIKELIHOODS, make_likelihood
 from ..nets import ACTIVATIONS, MLP, activation
+from ..pixelcnn import PixelCNNConfig
 from ..schema import (
     BOOL,
     POSITIVE,
@@ -44,6 +45,8 @@ class VAEConfig:
     allow_nonbinary: bool = False
     #: apply the activation to z before the decoder (the inner stages of a stacked autoencoder, ppl_vae.stacked)
     code_activation: bool = False
+    #: the network of a pixelcnn likelihood (ppl_vae.pixelcnn.PixelCNNConfig); None: its defaults
+    pixelcnn: PixelCNNConfig | None = None
 
     def __post_init__(self) -> None:
         check_fields(
@@ -78,7 +81,7 @@ class VAE(PyroModule):
         self.latent_dim = config.latent_dim
         self.likelihood = make_likelihood(
             config.likelihood, self.x_shape, scale=config.x_scale, allow_nonbinary=config.allow_nonbinary,
-            option_key="model.allow_nonbinary",
+            option_key="model.allow_nonbinary", pixelcnn=config.pixelcnn,
         )
         self.decoder = MLP(config.latent_dim, config.hidden_dims, self.likelihood.num_outputs, config.activation)
         # parameter-free, so the state dict is that of a plain VAE
