@@ -171,9 +171,11 @@ class GatedPixelCNN(nn.Module):
 
     :param int image_channels: channels of the image (one: colour channels would need masks across channels).
     :param PixelCNNConfig config: layers, channels, kernel, output kind and conditioning.
+    :param int num_outputs: logits per pixel, overriding ``config.output`` (e.g. K for a K-way categorical over
+        code indices, :class:`~ppl_vae.models.code_prior.PixelCNNPrior`); None: those of ``config.output``.
     """
 
-    def __init__(self, image_channels: int, config: PixelCNNConfig) -> None:
+    def __init__(self, image_channels: int, config: PixelCNNConfig, num_outputs: int | None = None) -> None:
         super().__init__()
         if image_channels != 1:
             raise ValueError(f"the PixelCNN models one-channel images, got {image_channels} channels")
@@ -185,7 +187,7 @@ class GatedPixelCNN(nn.Module):
             GatedLayer(image_channels if i == 0 else p, p, config.kernel_size, "A" if i == 0 else "B", cond_dim, cond_channels)
             for i in range(config.num_layers)
         )
-        self.logits_per_pixel = OUTPUTS[config.output]
+        self.logits_per_pixel = OUTPUTS[config.output] if num_outputs is None else int(num_outputs)
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(p, p, 1), nn.ReLU(), nn.Conv2d(p, self.logits_per_pixel, 1))
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None = None, s: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,6 +19,7 @@ from ..errors import FitInterrupted, PplVaeError
 
 from .commands import _cmd_compare, _cmd_evaluate, _cmd_fit, _cmd_sample, _cmd_show, write_sample_figures
 from .views import _cmd_explore, _cmd_report
+from .vqvae import fit_prior as _cmd_fit_prior
 from .files import _failed_write, _write_error
 from .parser import EXAMPLES, build_parser
 
@@ -56,7 +57,7 @@ _PROG = "ppl-vae" if _RANK == 0 else f"ppl-vae (rank {_RANK})"
 
 
 COMMANDS = {"fit": _cmd_fit, "compare-estimators": _cmd_compare, "compare-guides": _cmd_compare, "show": _cmd_show, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
-            "explore": _cmd_explore, "report": _cmd_report}
+            "explore": _cmd_explore, "report": _cmd_report, "fit-prior": _cmd_fit_prior}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

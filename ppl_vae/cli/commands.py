@@ -11,7 +11,7 @@ from ..errors import FitInterrupted, PplVaeError
 
 from .adversarial import adversarial_figures, evaluate_adversarial, is_adversarial
 from .files import _check_writable, _discard_unstarted, _new_run, _open_run, _writing
-from .vqvae import codebook_figures, evaluate_vqvae, is_vqvae_run, sample_note
+from .vqvae import attach_code_prior, codebook_figures, evaluate_vqvae, is_vqvae_run, sample_note
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -175,6 +175,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run.path / "samples.png"
     _check_writable(out.parent)
     exp = load_run(run, data_dir=args.data_dir, device=args.device)
+    attach_code_prior(exp, run.path)  # a VQ-VAE with RUN/prior samples its codes from the learned prior
     with _writing(out.parent):  # the folder of --out is created when missing
         for path in write_sample_figures(exp, out, args.num_samples, args.seed):
             print(f"saved {path}")

@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     _add_data_dir(p)
 
+    p = sub.add_parser("fit-prior", help="train a PixelCNN prior over a trained VQ-VAE run's codes (saved in RUN_DIR/prior)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a trained VQ-VAE run")
+    for flag, kind, default in (("epochs", int, 20), ("batch-size", int, 64), ("lr", float, 0.003), ("num-layers", int, 4),
+                                ("channels", int, 32), ("kernel-size", int, 3), ("seed", int, 0)):
+        p.add_argument(f"--{flag}", type=kind, help=f"default: {default}")
+    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    _add_data_dir(p)
+
     _add_explore(sub)
     p = sub.add_parser("report", help="one self-contained HTML page (DIR/report.html) of a run or a comparison")
     p.add_argument("run_dir", metavar="DIR", help="a run directory, or the --out folder of compare-estimators or compare-guides")

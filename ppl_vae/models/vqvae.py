@@ -62,7 +62,7 @@ from ..nets import ACTIVATIONS
 from ..schema import BOOL, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SIZES, check_fields, documented, number_in, one_of
 from .vqvae_nets import GridDecoder, GridEncoder, SetDecoder, SetEncoder
 
-__all__ = ["VQVAE", "VQVAEConfig", "VQVAEGuide", "VQVAEGuideConfig", "UniformCodes", "nearest_codes", "straight_through"]
+__all__ = ["VQVAE", "VQVAEConfig", "VQVAEGuide", "VQVAEGuideConfig", "UniformCodes", "LearnedCodes", "nearest_codes", "straight_through"]
 
 
 #: the encoder (and mirrored decoder) kinds of a VQ-VAE
@@ -182,6 +182,33 @@ class UniformCodes(dist.TorchDistribution):
         return value.new_full(batch, -self.num_positions * math.log(self.codebook.shape[0]))
 
 
+class LearnedCodes(UniformCodes):
+    """A learned prior over codes (e.g. :class:`~ppl_vae.models.code_prior.PixelCNNPrior`), as codebook vectors.
+
+    ``sample`` draws code grids from the prior and returns their vectors; ``log_prob`` maps a value back to its
+    nearest codes and scores them (exact at codebook vectors, the only values it is scored at).
+
+    :param torch.Tensor codebook: ``(K, D)``.
+    :param code_prior: an object with ``log_prob(codes)`` and ``sample(n)`` over codes ``(..., *latent_shape)``.
+    """
+
+    def __init__(self, codebook: torch.Tensor, code_prior, batch_shape=torch.Size(), validate_args=None) -> None:
+        self.code_prior = code_prior
+        super().__init__(codebook, code_prior.latent_shape, batch_shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> LearnedCodes:
+        return LearnedCodes(self.codebook, self.code_prior, batch_shape, validate_args=self._validate_args)
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        with torch.no_grad():
+            codes = self.code_prior.sample(max(1, math.prod(shape))).to(self.codebook.device)
+            return self.codebook[codes].reshape(*shape, *self.event_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.code_prior.log_prob(nearest_codes(value, self.codebook))
+
+
 class VQVAE(PyroModule):
     r"""The VQ-VAE of van den Oord et al. (2017) as a Pyro model (see the module docstring for the design).
 
@@ -203,8 +230,10 @@ class VQVAE(PyroModule):
     - van den Oord, A., Vinyals, O. & Kavukcuoglu, K. (2017). Neural Discrete Representation Learning. NeurIPS.
     """
 
-    #: what ``ppl-vae sample`` says of its samples
-    sample_note = "codes drawn uniformly: no learned prior yet"
+    #: what ``ppl-vae sample`` says of its samples under the uniform prior
+    UNIFORM_NOTE = "codes drawn uniformly: no learned prior yet"
+    #: ... and under a learned prior (:meth:`set_code_prior`)
+    LEARNED_NOTE = "codes drawn from the learned PixelCNN prior (RUN/prior), decoded"
 
     def __init__(self, x_shape: tuple[int, ...], config: VQVAEConfig | None = None) -> None:
         super().__init__()
@@ -217,6 +246,25 @@ class VQVAE(PyroModule):
         )
         self.decoder, self.latent_shape = self._make_decoder()
         self._make_codebook()
+        # A tuple, so a learned prior is referenced, not registered: the VQ-VAE's checkpoint stays as it was.
+        self._code_prior: tuple = ()
+
+    @property
+    def code_prior(self):
+        """The learned prior over codes set by :meth:`set_code_prior`, or None (uniform codes)."""
+        return self._code_prior[0] if self._code_prior else None
+
+    def set_code_prior(self, prior) -> None:
+        """Draw ``z`` from a learned prior over codes (e.g. a trained PixelCNNPrior) instead of uniform codes;
+        None restores the uniform prior. Meant for sampling after training: the VQ-VAE is trained with uniform codes."""
+        if prior is not None and tuple(prior.latent_shape) != tuple(self.latent_shape):
+            raise ValueError(f"the code prior models codes of shape {tuple(prior.latent_shape)}, this VQ-VAE has {tuple(self.latent_shape)}")
+        self._code_prior = () if prior is None else (prior,)
+
+    @property
+    def sample_note(self) -> str:
+        """What ``ppl-vae sample`` says of its samples."""
+        return self.UNIFORM_NOTE if self.code_prior is None else self.LEARNED_NOTE
 
     @property
     def is_conv(self) -> bool:
@@ -253,7 +301,9 @@ class VQVAE(PyroModule):
         return SetEncoder(self.x_shape, c.hidden_dims, c.num_latents, c.code_dim, c.activation)
 
     def z_dist(self) -> UniformCodes:
-        """The prior p(z): uniform codes at every position, as codebook vectors."""
+        """The prior p(z): uniform codes at every position (or the learned prior), as codebook vectors."""
+        if self.code_prior is not None:
+            return LearnedCodes(self.codebook, self.code_prior)
         return UniformCodes(self.codebook, self.latent_shape)
 
     def x_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
