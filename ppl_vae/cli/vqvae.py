@@ -60,15 +60,19 @@ def fit_prior(args: argparse.Namespace) -> int:
     from ..models.code_prior import CodePriorConfig
     from .files import _check_writable, _open_run
 
+    settings = {f.name: getattr(args, f.name) for f in fields(CodePriorConfig) if getattr(args, f.name, None) is not None}
+    try:
+        config = CodePriorConfig(**settings)
+    except ValueError as err:  # a bad option is refused before anything is loaded or written
+        raise PplVaeError(f"fit-prior: {err}") from None
     run = _open_run(args.run_dir)
     _check_writable(run.path)
     exp = load_run(run, data_dir=args.data_dir, device=args.device)
     if not is_vqvae_run(exp):
         raise PplVaeError(f"fit-prior needs a VQ-VAE run (model.name: vqvae), {run.path} is not one")
-    settings = {f.name: getattr(args, f.name) for f in fields(CodePriorConfig) if getattr(args, f.name, None) is not None}
     t0 = time.perf_counter()
     with _writing(run.path):
-        _, metrics = fit_code_prior(exp.model, exp.guide, exp.data, CodePriorConfig(**settings), run_dir=run)
+        _, metrics = fit_code_prior(exp.model, exp.guide, exp.data, config, run_dir=run)
     val = f", validation {metrics['val_bpd']:.4f}" if "val_bpd" in metrics else ""
     print(f"code prior: training {metrics['train_bpd'][-1]:.4f} bits per code{val} (uniform {metrics['uniform_bpd']:.4f}), "
           f"{time.perf_counter() - t0:.1f} s")

@@ -4,11 +4,10 @@
 nearest codes, no codebook upkeep, a fixed binary draw of dynamically binarized images, as the test images are)
 and fits a :class:`~ppl_vae.models.code_prior.PixelCNNPrior` to them by maximum likelihood.
 
-Why a plain loop and not :func:`ppl_vae.fit`: the prior has no latent variable, so the ELBO of a Pyro model
-observing the code grid would be exactly its log-likelihood, and Trace_ELBO would add nothing but machinery;
-the loop minimises the same exact NLL (Adam, minibatches, a seeded order) in a few lines. The price: no
-checkpoint per epoch. The stage is short (seconds on the digits, a minute or two on MNIST's 7x7 grids) and
-``ppl-vae fit-prior`` simply retrains it when rerun.
+It is trained by :func:`ppl_vae.fit`, the one training loop, as :class:`~ppl_vae.models.code_prior.CodePriorModel`:
+a Pyro model with no latent variable whose observed site is the code grid, so the Trace_ELBO it minimises is the
+exact NLL. No checkpoint per epoch is kept (the stage is short: seconds on the digits); ``ppl-vae fit-prior``
+retrains it when rerun.
 
 Saved in ``RUN/prior/``: ``prior.pt`` (the config, K, the code shape and the weights) and ``prior.json`` (the
 training curve and the validation bits per dimension).
@@ -16,6 +15,7 @@ training curve and the validation bits per dimension).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import asdict
@@ -23,8 +23,12 @@ from pathlib import Path
 
 import torch
 
-from ..models.code_prior import CodePriorConfig, PixelCNNPrior
+from ..models.code_prior import CodePriorConfig, CodePriorModel, NoLatents, PixelCNNPrior
+from ..data import Dataset
+from ..runs import atomic_write_bytes
 from .evaluate import eval_mode
+from .fit import fit
+from .training import OptimConfig, TrainConfig
 
 __all__ = ["PRIOR_DIR", "encode_codes", "fit_code_prior", "code_prior_bpd", "save_code_prior", "load_code_prior"]
 
@@ -61,25 +65,15 @@ def _train_codes(data) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def fit_prior_on_codes(prior: PixelCNNPrior, codes: torch.Tensor, config: CodePriorConfig) -> list[float]:
-    """Fit ``prior`` to the code grids ``codes`` by minimising their exact NLL; returns the mean training bits
-    per dimension of each epoch."""
-    optim = torch.optim.Adam(prior.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-    scale = prior.num_positions * math.log(2)
-    curve = []
-    prior.train()
-    for _ in range(config.epochs):
-        order, total = torch.randperm(codes.shape[0], generator=generator), 0.0
-        for start in range(0, codes.shape[0], config.batch_size):
-            batch = codes[order[start : start + config.batch_size].to(codes.device)]
-            loss = -prior.log_prob(batch).mean() / scale  # bits per dimension
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            total += float(loss.detach()) * batch.shape[0]
-        curve.append(total / codes.shape[0])
+    """Fit ``prior`` to the code grids ``codes`` by minimising their exact NLL with :func:`ppl_vae.fit`; returns the
+    mean training bits per dimension of each epoch."""
+    empty = codes[:0].float()
+    data = Dataset("codes", codes.float(), empty, empty)
+    train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                        device=str(codes.device), progress=False, val_every=0)
+    result = fit(CodePriorModel(prior), NoLatents(), data, estimator="trace", optim=OptimConfig(lr=config.lr), train=train)
     prior.eval()
-    return curve
+    return [row["train_loss"] / (prior.num_positions * math.log(2)) for row in result.history]
 
 
 def fit_code_prior(model, guide, data, config: CodePriorConfig | None = None, run_dir=None) -> tuple[PixelCNNPrior, dict]:
@@ -117,8 +111,11 @@ def save_code_prior(prior: PixelCNNPrior, metrics: dict, run_dir) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = {"config": asdict(prior.config), "num_codes": prior.num_codes, "latent_shape": list(prior.latent_shape),
              "state_dict": {k: v.cpu() for k, v in prior.state_dict().items()}}
-    torch.save(state, folder / "prior.pt")
-    (folder / "prior.json").write_text(json.dumps(metrics, indent=2))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(folder / "prior.pt", lambda f: f.write(buffer.getbuffer()))
+    text = (json.dumps(metrics, indent=2) + "\n").encode()
+    atomic_write_bytes(folder / "prior.json", lambda f: f.write(text))
     return folder
 
 

@@ -35,10 +35,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pyro
 import torch
+from pyro.distributions import TorchDistribution, constraints
+from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
+from ..contract import DATA_PLATE, DATA_SITE
 from ..pixelcnn import GatedPixelCNN, PixelCNNConfig
 from ..schema import POSITIVE, POSITIVE_INT, check_fields, documented, int_at_least
 
@@ -135,3 +139,46 @@ class PixelCNNPrior(nn.Module):
     def sample(self, num_samples: int) -> torch.Tensor:
         """``num_samples`` grids of codes ``(n, *latent_shape)``, drawn position by position."""
         return self.sample_with_log_probs(num_samples)[0]
+
+
+class CodeGrid(TorchDistribution):
+    """The distribution of a :class:`PixelCNNPrior` over code grids, event shape ``latent_shape``."""
+
+    arg_constraints: dict = {}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, prior: PixelCNNPrior, batch_shape=torch.Size(), validate_args=None) -> None:
+        self.prior = prior
+        super().__init__(torch.Size(batch_shape), torch.Size(prior.latent_shape), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> "CodeGrid":
+        return CodeGrid(self.prior, batch_shape, validate_args=self._validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return self.prior.log_prob(value)
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        return self.prior.sample(max(1, math.prod(shape))).reshape(*shape, *self.event_shape)
+
+
+class CodePriorModel(PyroModule):
+    """p(c) as a Pyro model with no latent variable: the code grid is the observed data site, so its ELBO (with
+    :class:`NoLatents` as the guide) is the exact log-likelihood, and ``ppl_vae.fit`` trains it."""
+
+    def __init__(self, prior: PixelCNNPrior) -> None:
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            return pyro.sample(DATA_SITE, CodeGrid(self.prior), obs=x)
+
+
+class NoLatents(PyroModule):
+    """The guide of a model with no latent variable: it samples nothing."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        return None
