@@ -154,3 +154,9 @@ def test_torchrun_quick_start_two_processes_end_to_end(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_leave_distributed_with_a_code_flushes_and_exits_with_it():
+    script = "from ppl_vae.inference.distributed import leave_distributed\nprint('written before the exit')\nleave_distributed(3)\nprint('never')"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 3 and done.stdout == "written before the exit\n", (done.returncode, done.stdout, done.stderr[-500:])

@@ -23,7 +23,7 @@ from .vqvae import fit_prior as _cmd_fit_prior
 from .files import _failed_write, _write_error
 from .parser import EXAMPLES, build_parser
 
-__all__ = ["EXAMPLES", "build_parser", "main", "write_sample_figures"]
+__all__ = ["EXAMPLES", "build_parser", "main", "run", "write_sample_figures"]
 
 
 class _PrintHandler(logging.Handler):
@@ -50,7 +50,7 @@ def _env_int(name: str, default: int) -> int:
 
 #: this process's rank and the number of processes under ``torchrun`` (0 and 1 otherwise)
 _RANK, _WORLD_SIZE = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
-#: the commands that run as one process of several under ``torchrun`` (see docs/distributed.md)
+#: the commands that run as one process of several under ``torchrun`` (see the README's torchrun section)
 DISTRIBUTED_COMMANDS = ("fit", "evaluate")
 #: how errors are signed: ``ppl-vae``, and under torchrun the rank of any process but the first
 _PROG = "ppl-vae" if _RANK == 0 else f"ppl-vae (rank {_RANK})"
@@ -99,3 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ..inference.distributed import leave_distributed
 
             leave_distributed()
+
+
+def run() -> None:
+    """The ``ppl-vae`` executable: :func:`main`, then exit with its status (under ``torchrun`` through
+    :func:`~ppl_vae.inference.distributed.leave_distributed`, which says why)."""
+    code = main()
+    if _WORLD_SIZE > 1:
+        from ..inference.distributed import leave_distributed
+
+        logging.shutdown()
+        leave_distributed(code)
+    sys.exit(code)

@@ -1,7 +1,5 @@
 """``python -m ppl_vae.cli``: the ``ppl-vae`` command."""
 
-import sys
+from . import run
 
-from . import main
-
-sys.exit(main())
+run()

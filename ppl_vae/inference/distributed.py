@@ -27,6 +27,7 @@ Backends: ``nccl`` on GPUs (rank r on ``cuda:LOCAL_RANK``), ``gloo`` on CPUs.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -133,11 +134,26 @@ def init_distributed(device: str = "auto") -> World:
     return current_world()
 
 
-def leave_distributed() -> None:
-    """Leave the process group, if this process joined one (before exit: a ``gloo`` group torn down by the
-    interpreter's exit instead can abort the process)."""
+def leave_distributed(exit_code: int | None = None) -> None:
+    """Leave the process group, if this process joined one; with ``exit_code``, then end the process.
+
+    A script run under ``torchrun`` ends best with ``leave_distributed(0)``: it flushes stdout and stderr and
+    ends with :func:`os._exit`, skipping the interpreter's finalization. A ``gloo`` group's worker threads can
+    still hold the last collective's tensors then, and dropping them needs the GIL, which finalization refuses
+    to a non-Python thread by ending it: the process aborts (SIGABRT, "terminate called without an active
+    exception") after work that succeeded. Rare (seen on a 2-core machine), but it fails the launch.
+    Everything the library keeps is written and renamed into place before its calls return, so nothing is
+    lost by skipping finalization; a script's own open files should be closed first.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    if exit_code is not None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed, or a reader that went away
+                pass
+        os._exit(exit_code)
 
 
 def _flat(tensors: Sequence[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
