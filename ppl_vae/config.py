@@ -16,6 +16,8 @@ A config file has one section per component::
                first; the main model then trains on its latent codes (M1+M2, ppl_vae.stages)
     stack:     StackConfig       (ppl_vae.stacked: a stacked autoencoder, trained layer by layer, then
                fine-tuned; it sets model and guide, which the config then leaves out)
+    prior:     CodePriorConfig   (ppl_vae.models.code_prior: a VQ-VAE's learned PixelCNN prior over its codes,
+               trained as a second stage in RUN/prior; present = enabled)
     run:       RunConfig         (below)
 
 ``model``, ``guide`` and ``estimator`` are chosen by ``name`` from their registry, and the section's
@@ -47,6 +49,7 @@ from .inference.objectives import KLWeighting
 from .inference.semisup import SemiSupervisedConfig
 from .inference.training import OptimConfig, TrainConfig
 from .models import MODELS
+from .models.code_prior import CodePriorConfig
 from .schema import as_mapping, documented, parse_dataclass
 from .spec import RENAMED, SpecError, check_guide, default_guide
 from .stacked import StackConfig, deep_guide_config, deep_model_config
@@ -120,6 +123,8 @@ class ExperimentConfig:
     m1: "ExperimentConfig | None" = None
     #: a stacked autoencoder: its layers and stages (None: off); model and guide follow from it
     stack: StackConfig | None = None
+    #: a VQ-VAE's learned prior over its codes, trained after it (None: off; samples draw codes uniformly)
+    prior: CodePriorConfig | None = None
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
@@ -133,6 +138,9 @@ class ExperimentConfig:
                 f"a vqvae model and the vqvae guide (its deterministic quantiser) go together: got model "
                 f"{self.model.name!r} with guide {self.guide.name!r}; set model.name and guide.name both to vqvae"
             )
+        if self.prior is not None and self.model.name != "vqvae":
+            raise ConfigError(f"a prior: section trains a PixelCNN prior over a VQ-VAE's codes; model {self.model.name!r} "
+                              "has none (set model.name: vqvae, or remove the prior section)")
         if self.stack is not None:
             clashes = [name for name, on in (("m1", self.m1 is not None), ("adversarial", self.adversarial is not None),
                                              ("semi_supervised", self.semi_supervised.enabled)) if on]
@@ -148,14 +156,16 @@ _PLAIN_SECTIONS = {
     "kl_weighting": KLWeighting,
     "semi_supervised": SemiSupervisedConfig,
     "adversarial": AdversarialConfig,
+    "prior": CodePriorConfig,
     "run": RunConfig,
 }
 _REGISTRY_SECTIONS = {"model": MODELS, "guide": GUIDES}
 SECTIONS = (
-    "data", "model", "guide", "estimator", "kl_weighting", "semi_supervised", "adversarial", "m1", "stack", "optim", "train", "eval", "run",
+    "data", "model", "guide", "estimator", "kl_weighting", "semi_supervised", "adversarial", "m1", "stack", "prior", "optim", "train", "eval",
+    "run",
 )
 #: sections an ``m1:`` stage may not have: it shares the data, and is itself unsupervised
-_NOT_IN_M1 = ("data", "semi_supervised", "m1", "stack", "run")
+_NOT_IN_M1 = ("data", "semi_supervised", "m1", "stack", "prior", "run")
 
 
 def _mapping(section: str, raw: Any) -> dict:
@@ -252,7 +262,7 @@ def config_to_dict(config: ExperimentConfig) -> dict:
     out: dict[str, Any] = {}
     for section in SECTIONS:
         value = getattr(config, section)
-        if section in ("adversarial", "stack") and value is None:
+        if section in ("adversarial", "stack", "prior") and value is None:
             continue  # off: the section is absent
         if section in ("model", "guide") and config.stack is not None:
             continue  # they follow from the stack section

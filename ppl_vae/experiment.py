@@ -182,6 +182,8 @@ def fit_experiment(
     exp = build_experiment(config, data_dir, run_dir=run_dir, m1=m1)
     ss = config.semi_supervised
     resume = bool(resume and run_dir is not None and run_dir.has_checkpoint())
+    if config.prior is not None:
+        log.info("stage 1 of 2: the VQ-VAE%s", " (resumed)" if resume else "")
     if stages is not None and not resume:
         init_from_stages(exp.model, exp.guide, stages)  # fine-tuning starts from the stages' weights
     result = fit(
@@ -190,7 +192,31 @@ def fit_experiment(
         callbacks=callbacks, labelled_per_batch=ss.labelled_per_batch if ss.enabled else None,
         run_config=config_to_dict(config),
     )
+    if config.prior is not None:
+        _train_code_prior(exp, result, run_dir, resume)
     return exp, result
+
+
+def _train_code_prior(exp: Experiment, result: FitResult, run_dir: RunDir | None, resume: bool) -> None:
+    """A VQ-VAE config's second stage (``prior:``): the PixelCNN prior over its codes, in ``run_dir/prior``.
+
+    Skipped once trained on this VQ-VAE (same settings, same epochs), resumed when interrupted, and trained
+    afresh when the VQ-VAE has trained further since (its codes changed). The model samples from it after.
+    """
+    from .inference.code_prior import fit_code_prior, load_code_prior, prior_is_current
+
+    source = {"vqvae_epochs": int(result.epochs_done)}
+    device = exp.model.codebook.device
+    if run_dir is not None and prior_is_current(run_dir, exp.config.prior, source):
+        log.info("code prior: already trained on this VQ-VAE's codes (%s)", run_dir.path / "prior")
+        exp.model.set_code_prior(load_code_prior(run_dir, device=device))
+        return
+    log.info("stage 2 of 2: the PixelCNN prior over the VQ-VAE's codes")
+    with resumable_stage(run_dir, "stage 2 (the code prior)"):
+        prior, metrics = fit_code_prior(exp.model, exp.guide, exp.data, exp.config.prior, run_dir=run_dir, resume=resume, source=source)
+    val = f", validation {metrics['val_bpd']:.4f}" if "val_bpd" in metrics else ""
+    log.info("code prior: training %.4f bits per code%s (uniform %.4f)", metrics["train_bpd"][-1], val, metrics["uniform_bpd"])
+    exp.model.set_code_prior(prior)
 
 
 def resume_experiment(

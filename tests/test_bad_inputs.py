@@ -426,6 +426,8 @@ ROWS = [
     row("contractive-without-delta", lambda c: c.fit("--set", "guide.contractive.weight=0.1"), 2, "needs head: delta"),
     row("adversarial-weight", lambda c: c.fit("--set", "adversarial.weight=-1"), 2, "adversarial.weight", "-1"),
     row("stack-with-model", lambda c: c.fit("--set", "stack.layers=[8]"), 2, "remove the model section"),
+    row("prior-section-not-vqvae", lambda c: c.fit("--set", "prior.epochs=2"), 2, "prior: section", "model 'vae'", "model.name: vqvae"),
+    row("prior-section-bad-epochs", _config_file("model: {name: vqvae}\nguide: {name: vqvae}\nprior: {epochs: 0}\n"), 2, "prior.epochs", "positive"),
     row("fit-prior-not-vqvae", lambda c: ["fit-prior", str(c.copy_run())], 2, "fit-prior needs a VQ-VAE run"),
     row("fit-prior-missing-run", lambda c: ["fit-prior", str(c.tmp / "nope")], 2, "does not exist"),
     row("fit-prior-bad-epochs", lambda c: ["fit-prior", str(c.copy_run()), "--epochs", "0"], 2, "prior.epochs", "positive"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,66 @@ def test_cli_fit_prior_evaluate_sample(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "16"]) == 0
     assert "codes drawn from the learned PixelCNN prior" in capsys.readouterr().out
     assert (run / "samples.png").exists()
+
+
+def _prior_config(tmp_path: Path, prior_epochs: int = 3) -> Path:
+    text = (CONFIGS / "vqvae_digits.yaml").read_text() + f"prior:\n  num_layers: 2\n  channels: 8\n  epochs: {prior_epochs}\n"
+    path = tmp_path / "vqvae_prior.yaml"
+    path.write_text(text)
+    return path
+
+
+def _fit(*extra: str) -> int:
+    return main(["fit", *extra, "--set", "train.progress=false", "--no-figures"])
+
+
+def test_a_prior_section_trains_the_prior_as_a_second_stage_and_a_resume_skips_or_retrains_it(tmp_path, capsys):
+    config = _prior_config(tmp_path)
+    assert _fit(str(config), "--set", "train.epochs=2", "--out-dir", str(tmp_path), "--name", "run") == 0
+    run = tmp_path / "run"
+    saved = json.loads((run / "prior" / "prior.json").read_text())
+    assert saved["vqvae_epochs"] == 2 and len(saved["train_bpd"]) == 3 and saved["train_bpd"][-1] < saved["uniform_bpd"]
+    assert "stage 2 of 2" in capsys.readouterr().out
+    stamp = (run / "prior" / "prior.pt").stat().st_mtime_ns
+    assert _fit("--resume", str(run)) == 0  # nothing new: the prior of these codes is kept
+    assert "already trained" in capsys.readouterr().out and (run / "prior" / "prior.pt").stat().st_mtime_ns == stamp
+    assert _fit("--resume", str(run), "--set", "train.epochs=3") == 0  # the VQ-VAE trained on: its codes changed
+    assert json.loads((run / "prior" / "prior.json").read_text())["vqvae_epochs"] == 3
+    assert len((run / "prior" / "metrics.jsonl").read_text().splitlines()) == 3  # retrained from scratch, not appended
+    assert main(["sample", str(run), "-n", "4"]) == 0
+    assert "learned PixelCNN prior" in capsys.readouterr().out
+
+
+def test_an_interrupted_prior_stage_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
+    from ppl_vae.inference import code_prior
+    from ppl_vae.inference.loop import Callback
+
+    class StopAfterOneEpoch(Callback):
+        def on_epoch_end(self, ctx, metrics):
+            ctx.request_stop()
+
+    real_fit = code_prior.fit
+    monkeypatch.setattr(code_prior, "fit", lambda *a, **k: real_fit(*a, **k, callbacks=[StopAfterOneEpoch()]))
+    config = _prior_config(tmp_path)
+    assert _fit(str(config), "--set", "train.epochs=2", "--out-dir", str(tmp_path), "--name", "run") == 130
+    assert re.search(r"interrupted in stage 2 \(the code prior\); resume with: ppl-vae fit --resume .*run$",
+                     capsys.readouterr().err.strip())
+    run = tmp_path / "run"
+    assert not (run / "prior" / "prior.pt").exists() and (run / "prior" / "checkpoint.pt").exists()
+    first_epoch = json.loads((run / "prior" / "metrics.jsonl").read_text().splitlines()[0])
+    monkeypatch.setattr(code_prior, "fit", real_fit)
+    assert _fit("--resume", str(run)) == 0
+    rows = [json.loads(line) for line in (run / "prior" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and rows[0] == first_epoch  # epochs 2 and 3 continued the interrupted training
+    assert json.loads((run / "prior" / "prior.json").read_text())["train_bpd"] == pytest.approx(
+        [r["train_loss"] / (4 * math.log(2)) for r in rows])
+
+
+def test_a_prior_section_needs_a_vqvae(tmp_path):
+    from ppl_vae.config import config_from_dict
+    from ppl_vae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prior: section.*VQ-VAE.*model 'vae'"):
+        config_from_dict({"model": {"name": "vae"}, "prior": {"epochs": 2}})
+    with pytest.raises(ConfigError, match="prior"):
+        config_from_dict({"model": {"name": "vqvae"}, "guide": {"name": "vqvae"}, "prior": {"epochs": 0}})

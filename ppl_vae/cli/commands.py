@@ -96,6 +96,22 @@ def _fit_other_rank(args: argparse.Namespace, run, config=None) -> int:
     return 0
 
 
+#: points on which ``evaluate`` measures KL per dimension and active units (the first ones of the split)
+USAGE_POINTS = 1000
+
+
+def _print_latent_usage(exp, x, labels) -> dict:
+    """KL per latent dimension and active units on the first :data:`USAGE_POINTS` points (a decoder that
+    ignores z, as a strong autoregressive one can, shows as KL near 0 and no active unit)."""
+    from ..compare import latent_usage
+
+    n = min(len(x), USAGE_POINTS)
+    usage = latent_usage(exp.model, exp.guide, x[:n], None if labels is None else labels[:n])
+    print(f"  KL per dimension       {usage['kl_per_dim']:10.3f} nats  (first {n} points)")
+    print(f"  active units           {usage['active_units']:10d}      (variance of E_q[z|x] over points > 0.01)")
+    return {"kl_per_dim": usage["kl_per_dim"], "active_units": usage["active_units"], "usage_points": n}
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -131,6 +147,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{args.split} set, {result.num_points} points, K={result.num_samples}:")
         print(f"  ELBO                   {result.elbo:10.3f} +- {result.elbo_stderr:.3f} nats")
         print(f"  log p(x) (importance)  {result.log_likelihood:10.3f} +- {result.log_likelihood_stderr:.3f} nats")
+        out.update(_print_latent_usage(exp, x, conditioning_labels(exp.model, labels)))
     if capability(exp.guide, Classifier) is not None and labels is not None and args.split != "train":
         out["accuracy"] = classification_accuracy(exp.guide, x, labels)
         print(f"  classification error   {100 * (1 - out['accuracy']):9.2f} %  (argmax of q(y|x))")

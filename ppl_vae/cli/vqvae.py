@@ -72,7 +72,8 @@ def fit_prior(args: argparse.Namespace) -> int:
         raise PplVaeError(f"fit-prior needs a VQ-VAE run (model.name: vqvae), {run.path} is not one")
     t0 = time.perf_counter()
     with _writing(run.path):
-        _, metrics = fit_code_prior(exp.model, exp.guide, exp.data, config, run_dir=run)
+        _, metrics = fit_code_prior(exp.model, exp.guide, exp.data, config, run_dir=run,
+                                    source={"vqvae_epochs": exp.config.train.epochs})
     val = f", validation {metrics['val_bpd']:.4f}" if "val_bpd" in metrics else ""
     print(f"code prior: training {metrics['train_bpd'][-1]:.4f} bits per code{val} (uniform {metrics['uniform_bpd']:.4f}), "
           f"{time.perf_counter() - t0:.1f} s")

@@ -6,11 +6,13 @@ and fits a :class:`~ppl_vae.models.code_prior.PixelCNNPrior` to them by maximum 
 
 It is trained by :func:`ppl_vae.fit`, the one training loop, as :class:`~ppl_vae.models.code_prior.CodePriorModel`:
 a Pyro model with no latent variable whose observed site is the code grid, so the Trace_ELBO it minimises is the
-exact NLL. No checkpoint per epoch is kept (the stage is short: seconds on the digits); ``ppl-vae fit-prior``
-retrains it when rerun.
+exact NLL. With a run directory, that training is a run of its own in ``RUN/prior`` (``checkpoint.pt`` every
+epoch, ``metrics.jsonl``), so an interrupted stage resumes (``resume=True``, or ``ppl-vae fit --resume RUN`` for
+a config with a ``prior:`` section).
 
-Saved in ``RUN/prior/``: ``prior.pt`` (the config, K, the code shape and the weights) and ``prior.json`` (the
-training curve and the validation bits per dimension).
+Saved in ``RUN/prior/`` once trained: ``prior.pt`` (the config, K, the code shape and the weights) and
+``prior.json`` (the training curve, the validation bits per dimension, the settings and the number of VQ-VAE
+epochs whose codes it was trained on: a prior of other codes is stale, see :func:`prior_is_current`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import torch
 
 from ..models.code_prior import CodePriorConfig, CodePriorModel, NoLatents, PixelCNNPrior
 from ..data import Dataset
-from ..runs import atomic_write_bytes
+from ..runs import RunDir, atomic_write_bytes
+from .distributed import broadcast_object, current_world
 from .evaluate import eval_mode
 from .fit import fit
 from .training import OptimConfig, TrainConfig
 
-__all__ = ["PRIOR_DIR", "encode_codes", "fit_code_prior", "code_prior_bpd", "save_code_prior", "load_code_prior"]
+__all__ = ["PRIOR_DIR", "encode_codes", "fit_code_prior", "code_prior_bpd", "save_code_prior", "load_code_prior",
+           "prior_is_current"]
 
 #: the folder of the learned prior inside a VQ-VAE run directory
 PRIOR_DIR = "prior"
@@ -64,19 +68,50 @@ def _train_codes(data) -> tuple[torch.Tensor, torch.Tensor | None]:
     return data.fixed_train_x(), x_val
 
 
-def fit_prior_on_codes(prior: PixelCNNPrior, codes: torch.Tensor, config: CodePriorConfig) -> list[float]:
+def fit_prior_on_codes(prior: PixelCNNPrior, codes: torch.Tensor, config: CodePriorConfig, run=None,
+                       resume: bool = False, source: dict | None = None) -> list[float]:
     """Fit ``prior`` to the code grids ``codes`` by minimising their exact NLL with :func:`ppl_vae.fit`; returns the
-    mean training bits per dimension of each epoch."""
+    mean training bits per dimension of each epoch. ``run``: a RunDir for the training's checkpoints."""
     empty = codes[:0].float()
     data = Dataset("codes", codes.float(), empty, empty)
     train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                         device=str(codes.device), progress=False, val_every=0)
-    result = fit(CodePriorModel(prior), NoLatents(), data, estimator="trace", optim=OptimConfig(lr=config.lr), train=train)
+    run_config = {"code_prior": asdict(config), "source": source or {}, "train": asdict(train)}
+    result = fit(CodePriorModel(prior), NoLatents(), data, estimator="trace", optim=OptimConfig(lr=config.lr), train=train,
+                 run_dir=run, resume=resume, run_config=run_config if run is not None else None)
     prior.eval()
-    return [row["train_loss"] / (prior.num_positions * math.log(2)) for row in result.history]
+    return [row["train_loss"] / (prior.num_positions * math.log(2)) for row in _history(result, run)]
 
 
-def fit_code_prior(model, guide, data, config: CodePriorConfig | None = None, run_dir=None) -> tuple[PixelCNNPrior, dict]:
+def _history(result, run) -> list[dict]:
+    """Every epoch's record: the run's whole metrics file (a resumed training returns its new epochs only)."""
+    if run is None or not run.metrics_path.is_file():
+        return result.history
+    return [json.loads(line) for line in run.metrics_path.read_text().splitlines() if line.strip()]
+
+
+#: what the prior's folder holds; a fresh training clears it
+_PRIOR_FILES = ("prior.pt", "prior.json", "checkpoint.pt", "metrics.jsonl", "config.yaml")
+
+
+def _prior_training(run_dir, config: CodePriorConfig, source: dict, resume: bool):
+    """The RunDir of the prior's training and whether to resume it: only a checkpoint of the same settings
+    trained on the same VQ-VAE resumes; anything else in the folder is stale and is cleared."""
+    if run_dir is None:
+        return None, False
+    folder, world = _prior_path(run_dir), current_world()
+    run = RunDir(folder)
+    if world.is_main:  # under torchrun every rank trains; rank 0 decides and clears, the others follow
+        saved = run.read_config() if resume and run.has_checkpoint() and run.config_path.is_file() else {}
+        resume = saved.get("code_prior") == asdict(config) and saved.get("source") == source
+        if not resume:
+            for name in _PRIOR_FILES:
+                (folder / name).unlink(missing_ok=True)
+    return run, bool(broadcast_object(resume, world))
+
+
+def fit_code_prior(model, guide, data, config: CodePriorConfig | None = None, run_dir=None, resume: bool = False,
+                   source: dict | None = None) -> tuple[PixelCNNPrior, dict]:
     """Train a PixelCNN prior on the codes of a trained VQ-VAE (see the module docstring).
 
     :param model: the trained :class:`~ppl_vae.models.vqvae.VQVAE` (K and the code shape).
@@ -84,21 +119,37 @@ def fit_code_prior(model, guide, data, config: CodePriorConfig | None = None, ru
     :param data: a :class:`~ppl_vae.data.Dataset` (trained on the training split, validated on ``x_val``) or a
         tensor of images.
     :param CodePriorConfig config: network and training settings.
-    :param run_dir: the VQ-VAE's run directory (a path or RunDir): the prior is saved in ``RUN_DIR/prior``.
+    :param run_dir: the VQ-VAE's run directory (a path or RunDir): the prior is trained and saved in ``RUN_DIR/prior``.
+    :param bool resume: continue an interrupted training of the same settings on the same codes.
+    :param dict source: what identifies the VQ-VAE (``{"vqvae_epochs": n}``), kept with the prior.
     :returns: the trained prior (eval mode) and its metrics (``train_bpd`` per epoch, ``val_bpd``, ``uniform_bpd``).
     """
-    config = config or CodePriorConfig()
+    config, source = config or CodePriorConfig(), source or {}
     torch.manual_seed(config.seed)
     x_train, x_val = _train_codes(data)
     device = model.codebook.device
     prior = PixelCNNPrior(model.config.num_codes, model.latent_shape, config).to(device)
-    curve = fit_prior_on_codes(prior, encode_codes(guide, x_train.to(device)), config)
-    metrics = {"train_bpd": curve, "uniform_bpd": math.log2(prior.num_codes), "num_train": int(x_train.shape[0])}
+    run, resume = _prior_training(run_dir, config, source, resume)
+    curve = fit_prior_on_codes(prior, encode_codes(guide, x_train.to(device)), config, run, resume, source)
+    metrics = {"train_bpd": curve, "uniform_bpd": math.log2(prior.num_codes), "num_train": int(x_train.shape[0]),
+               "config": asdict(config), **source}
     if x_val is not None:
         metrics["val_bpd"] = code_prior_bpd(prior, encode_codes(guide, x_val.to(device)))
-    if run_dir is not None:
+    if run_dir is not None and current_world().is_main:
         save_code_prior(prior, metrics, run_dir)
     return prior, metrics
+
+
+def prior_is_current(run_dir, config: CodePriorConfig, source: dict) -> bool:
+    """Whether ``RUN_DIR/prior`` holds a finished prior of these settings, trained on these codes."""
+    path = _prior_path(run_dir) / "prior.json"
+    if not (path.is_file() and (path.parent / "prior.pt").is_file()):
+        return False
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return saved.get("config") == asdict(config) and all(saved.get(k) == v for k, v in source.items())
 
 
 def _prior_path(run_dir) -> Path:
