@@ -13,9 +13,15 @@ The issue's figure is K = 5000 on the full test set. With a PixelCNN decoder eve
 of the network over the image, so that is 50 million passes: state the K and the points you could afford.
 A run that exists is resumed to ``--epochs`` (``fit --resume``), so an interrupted benchmark loses nothing.
 
+``--study collapse`` instead trains variants of one PixelVAE config (default: the offline digits one) that the
+literature uses against latent collapse (a strong decoder that ignores z): as shipped, free bits, a linear KL
+warm-up, a one-layer PixelCNN (a small receptive field) and a deeper one (a large receptive field), each
+evaluated the same way; KL per dimension and active units show whether z is used.
+
 Run from the repository root::
 
     python benchmarks/bench_pixelvae.py --epochs 3 --k 100 --eval-points 1000 --out bench_out/pixelvae
+    python benchmarks/bench_pixelvae.py --study collapse --epochs 20 --out bench_out/pixelvae_collapse
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ from bench_autoencoders import _run  # noqa: E402
 from bench_fit_vs_torch import hardware_info, write_results  # noqa: E402
 
 CONFIG = "configs/pixelvae_bmnist.yaml"
+#: --study collapse: variant -> --set overrides of the PixelVAE config
+VARIANTS = {
+    "as shipped": [],
+    "free bits 2 nats": ["kl_weighting.free_bits=2.0"],
+    "KL warm-up (linear, 200 steps)": ["kl_weighting.schedule=linear", "kl_weighting.warmup_steps=200"],
+    "1 PixelCNN layer": ["model.observed.pixelcnn.num_layers=1"],
+    "4 PixelCNN layers": ["model.observed.pixelcnn.num_layers=4"],
+}
 
 
 def mlp_decoder(raw: dict) -> dict:
@@ -49,7 +63,7 @@ def mlp_decoder(raw: dict) -> dict:
     return raw
 
 
-def train_and_measure(raw: dict, name: str, args: argparse.Namespace) -> dict:
+def train_and_measure(raw: dict, name: str, args: argparse.Namespace, overrides: list[str] = ()) -> dict:
     """Fit (or resume) ``raw`` into ``--out``/runs/``name``, evaluate it, sample from it."""
     runs = Path(args.out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -66,7 +80,8 @@ def train_and_measure(raw: dict, name: str, args: argparse.Namespace) -> dict:
         _run([*cli, "fit", "--resume", str(run), "--set", f"train.epochs={args.epochs}", *data])
     else:
         shutil.rmtree(run, ignore_errors=True)
-        _run([*cli, "fit", str(config), "--out-dir", str(runs), "--name", name, *data])
+        sets = [item for o in overrides for item in ("--set", o)]
+        _run([*cli, "fit", str(config), "--out-dir", str(runs), "--name", name, *sets, *data])
     _run([*cli, "evaluate", str(run), "-k", str(args.k), "--max-points", str(args.eval_points), *data])
     _run([*cli, "sample", str(run), *data])
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -77,14 +92,14 @@ def train_and_measure(raw: dict, name: str, args: argparse.Namespace) -> dict:
             "evaluation": json.loads((run / "evaluation.json").read_text())}
 
 
-def table(rows: dict[str, dict]) -> str:
-    lines = ["| decoder | epochs | test log p(x) | test ELBO | KL per dim | active units | s/epoch | s/evaluation |",
+def table(rows: dict[str, dict], first: str = "decoder") -> str:
+    lines = [f"| {first} | epochs | test log p(x) | test ELBO | KL per dim | active units | s/epoch | s/evaluation |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         e = r["evaluation"]
         lines.append(f"| {name} | {r['epochs']} | {e['log_likelihood']:.2f} ± {e['log_likelihood_stderr']:.2f} | "
                      f"{e['elbo']:.2f} ± {e['elbo_stderr']:.2f} | {e['kl_per_dim']:.3f} | {e['active_units']} | "
-                     f"{r['s_per_epoch']:.0f} | {e['seconds']:.0f} |")
+                     f"{r['s_per_epoch']:.1f} | {e['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -94,20 +109,29 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("-k", "--k", type=int, default=100, help="importance samples per test point (issue's figure: 5000)")
     p.add_argument("--eval-points", type=int, default=1000, help="first test points evaluated (all: 10000)")
     p.add_argument("--num-train", type=int, default=None, help="training images (default: all 50,000)")
+    p.add_argument("--study", choices=["decoders", "collapse"], default="decoders",
+                   help="decoders: PixelVAE against the MLP decoder; collapse: the PixelVAE variants against latent collapse")
+    p.add_argument("--config", default=None, help="--study collapse: the PixelVAE config (default: configs/pixelvae_digits.yaml)")
     p.add_argument("--models", nargs="+", choices=["pixelcnn", "mlp"], default=["mlp", "pixelcnn"])
     p.add_argument("--data-dir", default=os.environ.get("PPL_VAE_DATA"), help="folder holding binarized_mnist (default: $PPL_VAE_DATA)")
     p.add_argument("--out", default="bench_out/pixelvae", help="runs, sample grids and results.json go here")
     args = p.parse_args(argv)
     info = hardware_info(["cpu"])
-    raw = yaml.safe_load((REPO / CONFIG).read_text())
-    configs = {"mlp": mlp_decoder(raw), "pixelcnn": raw}
+    if args.study == "collapse":
+        raw = yaml.safe_load((REPO / (args.config or "configs/pixelvae_digits.yaml")).read_text())
+        runs = {name: (raw, sets) for name, sets in VARIANTS.items()}
+        what = args.config or "configs/pixelvae_digits.yaml"
+    else:
+        raw = yaml.safe_load((REPO / CONFIG).read_text())
+        runs = {name: ({"mlp": mlp_decoder(raw), "pixelcnn": raw}[name], []) for name in args.models}
+        what = "binarized MNIST"
     rows = {}
-    for name in args.models:
-        rows[name] = train_and_measure(configs[name], name, args)
+    for i, (name, (config, sets)) in enumerate(runs.items()):
+        rows[name] = train_and_measure(config, name if args.study == "decoders" else f"variant{i}", args, sets)
         print(f"  {name}: done", flush=True)
-    print(f"binarized MNIST, {args.epochs} epoch(s) each, K = {args.k} on the first {args.eval_points} test points; "
+    print(f"{what}, {args.epochs} epoch(s) each, K = {args.k} on the first {args.eval_points} test points; "
           f"hardware: {info['cpu']} ({info['cpu_usable']} cores usable), no GPU; torch {info['torch']}, pyro {info['pyro']}")
-    print(table(rows))
+    print(table(rows, "decoder" if args.study == "decoders" else "variant"))
     return write_results(str(Path(args.out) / "results.json"), {"hardware": info, "args": vars(args), "results": rows})
 
 
