@@ -96,6 +96,7 @@ def train_and_measure(raw: dict, name: str, args: argparse.Namespace, figures: b
     runs = Path(args.out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     raw = copy.deepcopy(raw)
+    raw.pop("prior", None)  # the VQ-VAE's second stage (its code prior) is not what this table measures
     raw["train"].update(epochs=args.epochs, device="cpu", progress=False, val_every=0)
     raw["data"]["num_train"] = args.num_train
     if "stack" in raw:  # the same budget for every layer-wise stage as for the fine-tuning

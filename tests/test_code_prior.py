@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ppl_vae.cli import main
 from ppl_vae.guides import make_guide
@@ -80,11 +81,25 @@ def test_learned_prior_samples_decode_to_images_and_save_load(tmp_path):
         model.set_code_prior(PixelCNNPrior(6, (3, 3), TINY))
 
 
+def _vqvae_config(tmp_path: Path, prior: dict | None) -> str:
+    """The shipped digits VQ-VAE config with ``prior`` as its prior section (None: without one)."""
+    raw = yaml.safe_load((CONFIGS / "vqvae_digits.yaml").read_text())
+    raw.pop("prior", None)
+    if prior is not None:
+        raw["prior"] = prior
+    path = tmp_path / "vqvae.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
 def test_cli_fit_prior_evaluate_sample(tmp_path, capsys):
-    config = str(CONFIGS / "vqvae_digits.yaml")
+    config = _vqvae_config(tmp_path, None)  # a run without a prior: section, given one afterwards
     quick = ["--set", "train.epochs=1", "--set", "train.progress=false"]
     assert main(["fit", config, *quick, "--out-dir", str(tmp_path), "--name", "vq", "--no-figures"]) == 0
     run = tmp_path / "vq"
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "4"]) == 0
+    assert "codes drawn uniformly: no learned prior yet" in capsys.readouterr().out
     assert main(["fit-prior", str(run), "--epochs", "2", "--num-layers", "2", "--channels", "8"]) == 0
     assert "bits per code" in capsys.readouterr().out
     saved = json.loads((run / "prior" / "prior.json").read_text())
@@ -97,11 +112,8 @@ def test_cli_fit_prior_evaluate_sample(tmp_path, capsys):
     assert (run / "samples.png").exists()
 
 
-def _prior_config(tmp_path: Path, prior_epochs: int = 3) -> Path:
-    text = (CONFIGS / "vqvae_digits.yaml").read_text() + f"prior:\n  num_layers: 2\n  channels: 8\n  epochs: {prior_epochs}\n"
-    path = tmp_path / "vqvae_prior.yaml"
-    path.write_text(text)
-    return path
+def _prior_config(tmp_path: Path, prior_epochs: int = 3) -> str:
+    return _vqvae_config(tmp_path, {"num_layers": 2, "channels": 8, "epochs": prior_epochs})
 
 
 def _fit(*extra: str) -> int:

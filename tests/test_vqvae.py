@@ -211,14 +211,15 @@ def test_interrupted_and_resumed_fit_equals_uninterrupted_fit_with_ema_and_reset
 
 
 def test_cli_show_fit_evaluate_sample(tmp_path, capsys):
-    config = str(CONFIGS / "vqvae_digits.yaml")
-    quick = ["--set", "train.epochs=1", "--set", "train.progress=false"]
+    config = str(CONFIGS / "vqvae_digits.yaml")  # with its prior: section, a second stage (kept short here)
+    quick = ["--set", "train.epochs=1", "--set", "train.progress=false", "--set", "prior.epochs=1"]
     assert main(["show", config, *quick, "--graph", str(tmp_path / "graph.png")]) == 0
     assert "'vqvae'" in capsys.readouterr().out
     assert main(["fit", config, *quick, "--out-dir", str(tmp_path), "--name", "vq"]) == 0
     run = tmp_path / "vq"
     assert {"codebook_usage.png", "samples.png", "reconstructions.png", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
     assert "term_codebook" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (run / "prior" / "prior.pt").exists()
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 0
     out = capsys.readouterr().out
@@ -227,7 +228,7 @@ def test_cli_show_fit_evaluate_sample(tmp_path, capsys):
     assert {"recon_nll", "recon_mse", "perplexity", "dead_codes"} <= set(result)
     assert 1 <= result["perplexity"] <= 32 and 0 <= result["dead_codes"] < 32
     assert main(["sample", str(run), "-n", "16"]) == 0
-    assert "codes drawn uniformly: no learned prior yet" in capsys.readouterr().out
+    assert "codes drawn from the learned PixelCNN prior" in capsys.readouterr().out  # the config's prior: stage
 
 
 def test_a_vqvae_model_needs_the_vqvae_guide():
