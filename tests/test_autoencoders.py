@@ -212,6 +212,35 @@ def test_evaluate_reports_reconstruction_error_for_a_point_mass_guide():
     assert evaluate(model, _guide(model, x), x, config=EvalConfig(num_samples=5)).reconstruction is None
 
 
+def test_the_one_reconstruction_term_is_the_bernoulli_cross_entropy_and_serves_the_aae_and_the_vqvae():
+    from ppl_vae.guides import make_guide
+    from ppl_vae.inference.adversarial import _reconstruction
+    from ppl_vae.inference.codebook import codebook_report
+    from ppl_vae.inference.evaluate import eval_mode
+    from ppl_vae.inference.reconstruction import reconstruction_terms
+    from ppl_vae.models import VQVAEConfig, make_model
+
+    torch.manual_seed(0)
+    model, _ = tiny_vae(x_shape=(64,), latent_dim=3)
+    x = torch.bernoulli(torch.full((20, 64), 0.3))
+    guide = _guide(model, x, head="delta")
+    with eval_mode(model, guide):
+        nll, recon = reconstruction_terms(model, guide, x)
+        mean = model.x_dist(guide.heads["z"].linear(guide.trunk(x))).mean
+        assert _reconstruction(model, guide, x, None, batch_size=7) == pytest.approx(float(nll.mean()), rel=1e-6)
+    bce = torch.nn.functional.binary_cross_entropy(mean, x, reduction="none").sum(-1)
+    assert nll.shape == (20,) and torch.allclose(nll.float(), bce, rtol=1e-5) and torch.allclose(recon, mean)
+    vq = make_model("vqvae", (1, 8, 8), VQVAEConfig(num_codes=6, code_dim=4, channels=(4, 8)))
+    vq_guide = make_guide("vqvae", vq)
+    images = torch.bernoulli(torch.full((10, 1, 8, 8), 0.4))
+    report = codebook_report(vq, vq_guide, images)
+    with eval_mode(vq, vq_guide):
+        _, _, e = vq_guide.quantize(images)
+        p = vq.x_dist(e).mean
+    expected = torch.nn.functional.binary_cross_entropy(p, images, reduction="none").reshape(10, -1).sum(-1).mean()
+    assert report.recon_nll == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_cli_show_fit_evaluate_sample_on_the_denoising_config(tmp_path, capsys):
     small = ["--set", "train.epochs=1", "--set", "train.progress=false", "--out-dir", str(tmp_path)]
     assert main(["show", str(DAE_DIGITS), "--graph", str(tmp_path / "graph")]) == 0

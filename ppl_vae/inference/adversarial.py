@@ -80,6 +80,7 @@ from ..schema import (
     documented,
 )
 from .distributed import current_world
+from .reconstruction import reconstruction_terms
 from .terms import TERM_FLAG
 from .training import OptimConfig, make_optimizer
 
@@ -394,12 +395,7 @@ def _reconstruction(model: Callable, guide: Callable, x: torch.Tensor, y, batch_
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], None if y is None else y[start : start + batch_size]
-            model_trace, _ = _traces(model, guide, xb, yb)
-            model_trace.compute_log_prob()
-            total -= sum(
-                float(s["log_prob_sum"]) for s in model_trace.nodes.values()
-                if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)
-            )
+            total += float(reconstruction_terms(model, guide, xb, yb)[0].sum())
     return total / x.shape[0]
 
 

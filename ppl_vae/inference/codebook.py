@@ -13,7 +13,6 @@ deterministic guide (every "sample" is the same point), so a VQ-VAE is evaluated
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,6 +21,7 @@ from ..errors import DataError
 from ..models.vqvae import VQVAE, VQVAEGuide
 from ..schema import documented
 from .evaluate import eval_mode
+from .reconstruction import reconstruction_terms
 
 __all__ = ["CodebookReport", "code_counts", "perplexity", "dead_codes", "codebook_report", "is_vqvae"]
 
@@ -72,14 +72,8 @@ def code_counts(guide: VQVAEGuide, x: torch.Tensor, batch_size: int = 500) -> to
 
 def _reconstruction_errors(model: VQVAE, guide: VQVAEGuide, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per data point: -log p(x | z_q) and the mean squared error per pixel of the reconstruction mean."""
-    _, _, e = guide.quantize(x)
-    px = model.x_dist(e)
-    nll = -px.log_prob(model.likelihood.observe(x))
-    try:
-        mean = px.mean
-    except NotImplementedError:
-        mean = torch.full_like(x, math.nan)
-    return nll, (mean.reshape(x.shape) - x).pow(2).reshape(x.shape[0], -1).mean(-1)
+    nll, mean = reconstruction_terms(model, guide, x)
+    return nll, (mean.to(x.dtype) - x).pow(2).reshape(x.shape[0], -1).mean(-1)
 
 
 def codebook_report(model: VQVAE, guide: VQVAEGuide, x: torch.Tensor, batch_size: int = 500) -> CodebookReport:

@@ -29,7 +29,7 @@ from ..compat import site_is_subsample
 from ..contract import data_site_name
 from ..schema import documented
 
-__all__ = ["POINT_MASS_REASON", "ReconstructionResult", "point_mass_sites", "reconstruction_error"]
+__all__ = ["POINT_MASS_REASON", "ReconstructionResult", "point_mass_sites", "reconstruction_error", "reconstruction_terms"]
 
 #: the one line that says why a point-mass guide gets no log p(x)
 POINT_MASS_REASON = (
@@ -78,14 +78,29 @@ def point_mass_sites(guide, x: torch.Tensor, y: torch.Tensor | None = None) -> l
     ]
 
 
-def _reconstruct(model, guide, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+def reconstruction_terms(model, guide, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per data point of the batch ``x``, at the guide's code ``ẑ`` (one draw of it; the code itself for a point
+    mass): ``-log p(x | ẑ)`` summed over the model's observed sites, and the reconstruction (the data site's mean,
+    or its value where the distribution has no mean), ``(N,)``, ``(N,)`` and ``x``'s shape.
+
+    The one reconstruction term of the library: the autoencoders' reconstruction error (below), the VQ-VAE's
+    (:mod:`~ppl_vae.inference.codebook`) and the adversarial autoencoder's (:mod:`~ppl_vae.inference.adversarial`)
+    all come from it. Call it with the modules in eval mode and without gradients.
+    """
     guide_trace = poutine.trace(guide).get_trace(x, y)
     trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
+    n = x.shape[0]
+    nll = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site):
+            log_p = site["fn"].log_prob(site["value"]).to(torch.float64)
+            nll -= log_p.reshape(n, -1).sum(-1) if log_p.dim() else log_p.expand(n) / n
     site = trace.nodes[data_site_name(model, trace)]
     try:
-        return site["fn"].mean
+        recon = site["fn"].mean
     except NotImplementedError:
-        return site["value"].to(x.dtype)
+        recon = site["value"].to(x.dtype)
+    return nll, recon.reshape(x.shape)
 
 
 def reconstruction_error(
@@ -97,7 +112,7 @@ def reconstruction_error(
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
         yb = y[start : start + batch_size] if y is not None else None
-        recon = _reconstruct(model, guide, xb, yb).reshape(xb.shape).to(torch.float64)
+        recon = reconstruction_terms(model, guide, xb, yb)[1].to(torch.float64)
         target = xb.to(torch.float64)
         # (N, *x_shape) -> (N,)
         mse.append((recon - target).pow(2).reshape(xb.shape[0], -1).mean(-1))
