@@ -16,20 +16,16 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-import pyro
 import torch
-from pyro import poutine
 
 from .compat import site_is_subsample
 from .config import ComponentConfig, ExperimentConfig, config_to_dict
-from .contract import PARTICLE_PLATE
 from .errors import ConfigError
 from .experiment import build_experiment, conditioning_labels, training_estimator
 from .families import FAMILIES
@@ -41,6 +37,7 @@ from .inference.evaluate import eval_mode, evaluate
 from .inference.fit import Callback, FitContext, fit
 from .inference.gradients import gradient_stats
 from .inference.reconstruction import point_mass_sites
+from .inference.tracing import broadcasts_particles, max_plate_nesting, sample_traces
 from .plots import plot_comparison
 from .programs import PythonTarget, as_modules
 from .runs import RunDir
@@ -166,13 +163,32 @@ def _posterior_mean_variance(fn, value: torch.Tensor) -> torch.Tensor:
     the K draws in ``value`` ``(K, N, dim)``, whose Monte-Carlo noise would inflate the variance by about
     E_x[Var_q]/K; that bias is subtracted, so inactive units are not counted as active.
     """
+    k, n = value.shape[:2]
     try:
-        mean = fn.mean
-        mean = mean.reshape(-1, *value.shape[1:])[0] if mean.dim() == 3 else mean  # (N, dim)
-        return mean.var(0)
+        return fn.mean.reshape(-1, n, value.shape[-1])[0].var(0)
     except NotImplementedError:
-        k = value.shape[0]
         return value.mean(0).var(0) - value.var(0).mean(0) / k
+
+
+def _latent_draws(model, guide, x: torch.Tensor, y, num_samples: int) -> dict[str, tuple]:
+    """Per latent site of the guide: the summed ``log q - log p`` of the draws, the draws ``(K, N, size)`` and the
+    guide's distribution. The K draws come in one vectorized pass, or one per pass for programs that do not
+    broadcast over a particle dimension (as :func:`~ppl_vae.inference.evaluate.log_weights` draws them)."""
+    n, nesting = x.shape[0], max_plate_nesting(model, guide, x, y)
+    if broadcasts_particles(model, guide, x, y, nesting):
+        passes = [sample_traces(model, guide, x, y, num_samples, nesting, True)]
+    else:
+        passes = [sample_traces(model, guide, x, y, 1, nesting, False) for _ in range(num_samples)]
+    out: dict[str, tuple] = {}
+    for name, site in passes[0][1].nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        log_ratio = sum(float((g.nodes[name]["fn"].log_prob(g.nodes[name]["value"])
+                               - m.nodes[name]["fn"].log_prob(g.nodes[name]["value"])).detach().double().sum())
+                        for m, g in passes)
+        value = torch.stack([g.nodes[name]["value"] for _, g in passes]).reshape(num_samples, n, -1)
+        out[name] = (log_ratio, value, site["fn"])
+    return out
 
 
 def latent_usage(model, guide, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 20) -> dict:
@@ -185,23 +201,16 @@ def latent_usage(model, guide, x: torch.Tensor, y: torch.Tensor | None = None, n
     """
     out: dict[str, float] = {}
     model, guide = as_modules(model, guide)
-    with eval_mode(model, guide), pyro.plate(PARTICLE_PLATE, num_samples, dim=-2):
-        guide_trace = poutine.trace(guide).get_trace(x, y)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
+    with eval_mode(model, guide):
+        draws = _latent_draws(model, guide, x, y, num_samples)
     total_kl, total_dims, active = 0.0, 0, 0
-    for name, site in guide_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-            continue
-        q = site["fn"].log_prob(site["value"])
-        p = model_trace.nodes[name]["fn"].log_prob(site["value"])
-        dims = max(1, math.prod(site["value"].shape[2:]))  # (K, N, *event) -> event size
-        kl = float((q - p).detach().mean())
+    for name, (log_ratio, value, fn) in draws.items():
+        kl, dims = log_ratio / (num_samples * x.shape[0]), value.shape[-1]  # per data point
         out[f"kl_per_dim[{name}]"] = kl / dims
         total_kl += kl
         total_dims += dims
-        value = site["value"]
-        if value.is_floating_point() and value.dim() == 3:
-            units = int((_posterior_mean_variance(site["fn"], value) > 0.01).sum())
+        if value.is_floating_point():
+            units = int((_posterior_mean_variance(fn, value) > 0.01).sum())
             out[f"active_units[{name}]"] = units
             active += units
     out["kl_per_dim"] = total_kl / max(total_dims, 1)

@@ -76,6 +76,15 @@ def test_evaluate_prints_and_saves_both_estimates(run, capsys):
     # untrained decoder (logits near 0, plus a KL >= 0) cannot; measured (seed 0): ELBO -31.9, log p(x) -30.9.
     assert -64 * math.log(2) < result["elbo"] < 0
     assert -64 * math.log(2) < result["log_likelihood"] < 0
+    # KL per dimension and active units, as compare's latent_usage gives them on the same points (seeded draws)
+    assert "KL per dimension" in out and "active units" in out and result["usage_points"] == 359
+    from ppl_vae.compare import latent_usage
+    from ppl_vae.experiment import load_run
+
+    exp = load_run(run, device="cpu")
+    usage = latent_usage(exp.model, exp.guide, exp.data.x_test)
+    assert result["active_units"] == usage["active_units"] and 0 < result["active_units"] <= exp.config.model.config.latent_dim
+    assert result["kl_per_dim"] == pytest.approx(usage["kl_per_dim"], rel=0.05) and result["kl_per_dim"] > 0
 
 
 def test_evaluate_another_split(run, capsys):
