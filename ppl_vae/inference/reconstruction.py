@@ -78,10 +78,10 @@ def point_mass_sites(guide, x: torch.Tensor, y: torch.Tensor | None = None) -> l
     ]
 
 
-def reconstruction_terms(model, guide, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def reconstruction_terms(model, guide, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per data point of the batch ``x``, at the guide's code ``ẑ`` (one draw of it; the code itself for a point
     mass): ``-log p(x | ẑ)`` summed over the model's observed sites, and the reconstruction (the data site's mean,
-    or its value where the distribution has no mean), ``(N,)``, ``(N,)`` and ``x``'s shape.
+    or its value where the distribution has no mean), ``(N,)`` and ``x``'s shape.
 
     The one reconstruction term of the library: the autoencoders' reconstruction error (below), the VQ-VAE's
     (:mod:`~ppl_vae.inference.codebook`) and the adversarial autoencoder's (:mod:`~ppl_vae.inference.adversarial`)
