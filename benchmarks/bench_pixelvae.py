@@ -47,6 +47,7 @@ from bench_fit_vs_torch import hardware_info, write_results  # noqa: E402
 
 CONFIG = "configs/pixelvae_bmnist.yaml"
 #: --study collapse: variant -> --set overrides of the PixelVAE config
+#: the conditioning the digits config had before the spatial map (cond_dim 16 is that config's; --config another one: adjust)
 VECTOR = ["model.observed.net.kind=mlp", "model.observed.pixelcnn.condition=vector", "model.observed.pixelcnn.cond_dim=16"]
 VARIANTS = {
     "as shipped (spatial conditioning, free bits)": [],
